@@ -1,0 +1,38 @@
+"""The `vlm-sft` console script: one subcommand per module, imported only when used.
+
+Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`
+(0 = success, 1 = the input is invalid and a report was printed, 2 = usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported lazily: `vlm-sft data validate`
+# must not pay for importing torch-heavy training code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vlm_sft.train_cli", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
+    "quickstart": ("vlm_sft.quickstart", "Build the tiny model and digits, train, evaluate base vs adapter."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="vlm-sft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help(sys.stderr if argv else sys.stdout)
+        return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])  # argparse exits with 2 on usage errors
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
