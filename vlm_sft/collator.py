@@ -154,7 +154,7 @@ class VisionSFTCollator:
         texts = list(fulls)
         spans: list[list[tuple[int, int]]] = [[] for _ in batch_messages]
         shift = [0] * len(batch_messages)  # characters inserted (eos) so far per sample
-        for (b, i), prompt, through in zip(turns, prompts, throughs):
+        for (b, i), prompt, through in zip(turns, prompts, throughs, strict=True):
             full = fulls[b]
             if not (full.startswith(through) and through.startswith(prompt)):
                 raise TemplateError(
@@ -216,7 +216,8 @@ class VisionSFTCollator:
             # Shift the reply spans by the characters the processor added before them when it
             # expanded image placeholders (the offsets refer to the expanded text).
             placeholder_ends = np.asarray([r["span"][1] for r in replacements[b]], dtype=np.int64)
-            gained = np.cumsum([0] + [r["new_span"][1] - r["span"][1] for r in replacements[b]])
+            # new_span is in expanded-text coordinates, so this difference is already cumulative.
+            gained = np.asarray([0] + [r["new_span"][1] - r["span"][1] for r in replacements[b]], dtype=np.int64)
             span = span + gained[np.searchsorted(placeholder_ends, span, side="right")]
             tok_end = ends[b][:, None]
             inside = (tok_end > span[:, 0]) & (tok_end <= span[:, 1])

@@ -42,7 +42,9 @@ class VisionArguments:
     train_projector: bool = field(default=True, metadata={"help": "Train the projector fully."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower fully."})
     too_long: str = field(default="error", metadata={"help": "error | drop for samples over max_length"})
-    train_on: str = field(default="all_assistant_turns", metadata={"help": "all_assistant_turns | last_assistant_turn"})
+    train_on: str = field(
+        default="all_assistant_turns", metadata={"help": "all_assistant_turns | last_assistant_turn"}
+    )
     hub_base_model_id: str | None = field(default=None, metadata={"help": "Base model Hub id for the model card."})
     eval_generation: bool = field(default=False, metadata={"help": "Score base vs adapter by generation at the end."})
     eval_max_new_tokens: int = field(default=16, metadata={"help": "max_new_tokens for that evaluation."})

@@ -26,7 +26,7 @@ def write_digits_dataset(out_dir: str | Path, *, eval_size: int = 297, seed: int
     digits = load_digits()
     files["image_dir"].mkdir(parents=True, exist_ok=True)
     records = []
-    for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         name = f"digit_{i:04d}.png"
         # 0..16 grey levels -> 0..255, upscaled so the 8x8 strokes survive the image processor
         img = Image.fromarray((pixels * (255 / 16)).astype(np.uint8)).resize((32, 32), Image.NEAREST)

@@ -69,4 +69,4 @@ def exact_match_accuracy(predictions: list[str], references: list[str]) -> float
     """Share of predictions equal to the reference after normalisation."""
     if not references:
         return 0.0
-    return sum(normalize(p) == normalize(r) for p, r in zip(predictions, references)) / len(references)
+    return sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / len(references)

@@ -1,4 +1,4 @@
-"""What is trained: trainable and total parameters per component and per LoRA target (the lesson's count_lora_params)."""
+"""What is trained: trainable and total parameters per component and per LoRA target."""
 
 from __future__ import annotations
 

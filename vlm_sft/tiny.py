@@ -157,6 +157,9 @@ def build_tiny_llava(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            # A trained LM has peaked output distributions; at 0.02 a toy one stays near-uniform
+            # (loss stuck near ln(vocab)) even when its argmax is right.
+            initializer_range=0.1,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,

@@ -76,17 +76,43 @@ COMPONENTS: dict[str, dict[str, str]] = {
 
 
 # ----------------------------------------------------------------------------------------------- image-only processors
+_SHIM = "processing_vlm_sft"  # module saved next to an image-only processor, see `_ImageOnlyProcessor.save_pretrained`
+
+
 class _ImageOnlyProcessor:
     """Mixin: the real processor minus its video processor, which cannot exist without torchvision.
 
     `ProcessorMixin` derives the sub-processors it builds, checks, saves and loads from `get_attributes()`; dropping
     "video_processor" there is all it takes. The parent `__init__` still receives `video_processor=None`, which the
     base class ignores (it zips the arguments with the attributes). Text and image processing are untouched.
+
+    Loading: `AutoProcessor.from_pretrained(folder)` finds the class by name once this module is imported. In a
+    process that has not imported it, the saved `auto_map` makes loading fail loudly (asking for
+    `trust_remote_code=True`, which then works through a one-line shim that imports this module) instead of
+    AutoProcessor silently falling back to a bare tokenizer.
     """
 
     @classmethod
     def get_attributes(cls) -> list[str]:
         return [name for name in super().get_attributes() if name != "video_processor"]  # type: ignore[misc]
+
+    def __call__(self, *args: Any, videos: Any = None, **kwargs: Any) -> Any:
+        # The base class would silently skip videos when there is no video processor: refuse them instead.
+        if videos is not None:
+            raise ValueError(
+                f"{type(self).__name__} processes images and text only; videos need the stock processor "
+                "and torchvision."
+            )
+        return super().__call__(*args, **kwargs)  # type: ignore[misc]
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        self.auto_map = {"AutoProcessor": f"{_SHIM}.{type(self).__name__}"}  # serialized by ProcessorMixin.to_dict
+        saved = super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+        Path(save_directory, f"{_SHIM}.py").write_text(
+            f'"""Loads the image-only processor of vlm-sft (needs vlm-sft installed)."""\n\n'
+            f"from vlm_sft.tiny_families import {type(self).__name__}  # noqa: F401\n"
+        )
+        return saved
 
 
 class Qwen2VLImageOnlyProcessor(_ImageOnlyProcessor, transformers.Qwen2VLProcessor):
@@ -104,9 +130,24 @@ class Qwen3VLImageOnlyProcessor(_ImageOnlyProcessor, transformers.Qwen3VLProcess
 class SmolVLMImageOnlyProcessor(_ImageOnlyProcessor, transformers.SmolVLMProcessor):
     """`SmolVLMProcessor` for images and text only (no torchvision needed)."""
 
-    def __init__(self, image_processor, tokenizer, video_processor=None, image_seq_len: int = 169, **kwargs):
+    def __init__(
+        self,
+        image_processor: Any,
+        tokenizer: Any,
+        video_processor: None = None,
+        image_seq_len: int = 169,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ):
         # The parent makes video_processor a required positional argument; loading passes only the two we keep.
-        super().__init__(image_processor, tokenizer, video_processor, image_seq_len=image_seq_len, **kwargs)
+        # Loading also passes only the named arguments of __init__, so chat_template must stay named here.
+        super().__init__(
+            image_processor, tokenizer, video_processor, image_seq_len=image_seq_len, chat_template=chat_template, **kwargs
+        )
+
+    def apply_chat_template(self, conversation: Any, chat_template: str | None = None, **kwargs: Any) -> Any:
+        # SmolVLMProcessor's override only adds video defaults read from its video processor: use the base method.
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
 
 # `AutoProcessor.from_pretrained` resolves the `processor_class` saved in processor_config.json by name, through the
@@ -178,7 +219,7 @@ def build_tiny_llava_next(out_dir: str | Path) -> Path:
     image_size, patch_size = 32, 8
     # anyres: the image is resized to the best-fitting grid, cut into 32 px tiles, and a 32 px overview is added.
     pinpoints = [[32, 64], [64, 32], [64, 64]]
-    tokenizer = build_tokenizer(["<image>", "[INST]", "[/INST]"])
+    tokenizer = build_tokenizer(["<image>"])  # [INST] is plain text in the Mistral tokenizer
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny models and data built locally, once per test session (no download)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    from vlm_sft.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def llava_processor(tiny_llava):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_llava)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    from vlm_sft.digits import write_digits_dataset
+
+    return write_digits_dataset(tmp_path_factory.mktemp("digits"))
