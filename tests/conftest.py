@@ -33,3 +33,12 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     from vlm_sft.digits import write_digits_dataset
 
     return write_digits_dataset(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Build a tiny model of any family once per session, on first use: tiny_dir("qwen2_vl") -> folder."""
+    from vlm_sft.tiny_families import build_tiny_family
+
+    root = tmp_path_factory.mktemp("tiny_families")
+    return lambda family: build_tiny_family(family, root / family)

@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlm_sft.train_cli", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
     "quickstart": ("vlm_sft.quickstart", "Build the tiny model and digits, train, evaluate base vs adapter."),
+    "data": ("vlm_sft.data_cli", "Validate, describe or draft conversation data (validate | stats | init)."),
 }
 
 

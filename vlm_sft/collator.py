@@ -163,6 +163,11 @@ class VisionSFTCollator:
                     f"  prompt for the turn: {prompt[-80:]!r}\n  turn-through text:   {through[-80:]!r}"
                 )
             start, end = len(prompt) + shift[b], len(through) + shift[b]
+            # A space after the end-of-turn belongs to the next turn's first word in SentencePiece/BPE
+            # vocabularies; a newline is the template's own line break and ends the turn (as in
+            # TRL's *_training.jinja templates: Qwen/Gemma/Idefics train "\n", LLaVA-NeXT not " ").
+            while end > start and texts[b][end - 1] in " \t":
+                end -= 1
             segment = texts[b][start:end]
             reply = _reply_text(batch_messages[b][i]).rstrip()
             if self.add_missing_eos and reply and segment.rstrip().endswith(reply):
@@ -176,13 +181,13 @@ class VisionSFTCollator:
         return texts, spans
 
     # ---------------------------------------------------------------- collation
-    def _process(self, texts: list[str], images: list, **kwargs: Any) -> dict:
+    def _process(self, texts: list[str], images: list | None, **kwargs: Any) -> dict:
         bos = self.tokenizer.bos_token
         # Templates that render bos themselves (Gemma, Llama 3) must not get a second one.
         add_special_tokens = not (bos and all(t.startswith(bos) for t in texts))
         return self.processor(
             text=texts,
-            images=images or None,
+            images=images,
             padding=True,
             padding_side="right",
             pad_to_multiple_of=self.pad_to_multiple_of,
@@ -199,8 +204,9 @@ class VisionSFTCollator:
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch_messages = [_clean_messages(r["messages"]) for r in rows]
         texts, spans = self.render_with_spans(batch_messages)
-        images = [img for r in rows for img in (r.get("images") or [])]
-        batch = self._process(texts, images, return_offsets_mapping=True, return_text_replacement_offsets=True)
+        batch = self._process(
+            texts, _images(rows), return_offsets_mapping=True, return_text_replacement_offsets=True
+        )
         offsets = batch.pop("offset_mapping")
         replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in rows]
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], offsets, spans, replacements)
@@ -237,11 +243,12 @@ class VisionSFTCollator:
                     f"{type(self.processor).__name__} has no chat template: only single-turn user/assistant "
                     f"samples can be trained (got roles {[m['role'] for m in messages]})."
                 )
-            prefixes.append(_reply_text(messages[0]))
+            # The processor wants its image tokens up front, one per image (it warns and guesses otherwise).
+            n_images = len(r.get("images") or [])
+            prefixes.append(self.processor.image_token * n_images + _reply_text(messages[0]))
             suffixes.append(_reply_text(messages[1]))
-        images = [img for r in rows for img in (r.get("images") or [])]
         batch = self.processor(
-            text=prefixes, images=images or None, suffix=suffixes, padding="longest", return_tensors="pt"
+            text=prefixes, images=_images(rows), suffix=suffixes, padding="longest", return_tensors="pt"
         )
         batch["labels"][torch.isin(batch["input_ids"], self.image_token_ids)] = IGNORE_INDEX
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
@@ -254,8 +261,7 @@ class VisionSFTCollator:
             batch = self._collate_prefix_suffix(rows)
         else:
             texts, _ = self.render_with_spans([_clean_messages(r["messages"]) for r in rows])
-            images = [img for r in rows for img in (r.get("images") or [])]
-            batch = self._process(texts, images)
+            batch = self._process(texts, _images(rows))
         return batch["attention_mask"].sum(dim=1).tolist()
 
     def _apply_length_policy(self, rows: list[dict], lengths: list[int]) -> list[dict]:
@@ -277,6 +283,12 @@ class VisionSFTCollator:
         if not kept:
             raise SampleTooLongError(f"Every sample of the batch is over max_length={self.max_length}: {described}.")
         return kept
+
+
+def _images(rows: list[dict]) -> list[list] | None:
+    """Images nested per sample: processors (Gemma 3, SmolVLM) need that to place them when a row has none."""
+    nested = [list(r.get("images") or []) for r in rows]
+    return nested if any(nested) else None
 
 
 def _describe(row: dict, index: int) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.resources
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,26 +54,6 @@ IDEFICS3_TOKENS = [
     "<end_of_utterance>",
     *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),  # the processor looks up a 6 x 6 grid
 ]
-
-# Attribute paths from the top model (`...ForConditionalGeneration`) to its parts, keyed by `config.model_type`.
-COMPONENTS: dict[str, dict[str, str]] = {
-    **{
-        family: {
-            "vision_tower": "model.vision_tower",
-            "projector": "model.multi_modal_projector",
-            "language_model": "model.language_model",
-        }
-        for family in ("llava", "llava_next", "gemma3", "paligemma")
-    },
-    **{
-        family: {"vision_tower": "model.visual", "projector": "model.visual.merger", "language_model": "model.language_model"}
-        for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-    },
-    **{
-        family: {"vision_tower": "model.vision_model", "projector": "model.connector", "language_model": "model.text_model"}
-        for family in ("idefics3", "smolvlm")
-    },
-}
 
 
 # ----------------------------------------------------------------------------------------------- image-only processors
@@ -107,12 +88,13 @@ class _ImageOnlyProcessor:
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
         self.auto_map = {"AutoProcessor": f"{_SHIM}.{type(self).__name__}"}  # serialized by ProcessorMixin.to_dict
-        saved = super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+        # The shim goes in first, so that a push_to_hub=True save uploads it too.
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
         Path(save_directory, f"{_SHIM}.py").write_text(
-            f'"""Loads the image-only processor of vlm-sft (needs vlm-sft installed)."""\n\n'
+            '"""Loads the image-only processor of vlm-sft (needs vlm-sft installed)."""\n\n'
             f"from vlm_sft.tiny_families import {type(self).__name__}  # noqa: F401\n"
         )
-        return saved
+        return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
 
 
 class Qwen2VLImageOnlyProcessor(_ImageOnlyProcessor, transformers.Qwen2VLProcessor):
@@ -142,7 +124,12 @@ class SmolVLMImageOnlyProcessor(_ImageOnlyProcessor, transformers.SmolVLMProcess
         # The parent makes video_processor a required positional argument; loading passes only the two we keep.
         # Loading also passes only the named arguments of __init__, so chat_template must stay named here.
         super().__init__(
-            image_processor, tokenizer, video_processor, image_seq_len=image_seq_len, chat_template=chat_template, **kwargs
+            image_processor,
+            tokenizer,
+            video_processor,
+            image_seq_len=image_seq_len,
+            chat_template=chat_template,
+            **kwargs,
         )
 
     def apply_chat_template(self, conversation: Any, chat_template: str | None = None, **kwargs: Any) -> Any:
@@ -152,7 +139,13 @@ class SmolVLMImageOnlyProcessor(_ImageOnlyProcessor, transformers.SmolVLMProcess
 
 # `AutoProcessor.from_pretrained` resolves the `processor_class` saved in processor_config.json by name, through the
 # registered extras. String keys match no model config, so no stock processor is overridden.
-for _cls in (Qwen2VLImageOnlyProcessor, Qwen2_5_VLImageOnlyProcessor, Qwen3VLImageOnlyProcessor, SmolVLMImageOnlyProcessor):
+IMAGE_ONLY_PROCESSORS = (
+    Qwen2VLImageOnlyProcessor,
+    Qwen2_5_VLImageOnlyProcessor,
+    Qwen3VLImageOnlyProcessor,
+    SmolVLMImageOnlyProcessor,
+)
+for _cls in IMAGE_ONLY_PROCESSORS:
     AutoProcessor.register(f"vlm_sft.{_cls.__name__}", _cls, exist_ok=True)
 
 
@@ -173,12 +166,19 @@ def _save(out: Path, model: PreTrainedModel, processor: ProcessorMixin) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     if tokenizer.bos_token_id is not None:
         model.generation_config.bos_token_id = tokenizer.bos_token_id
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A private staging folder: two processes building the same family (pytest-xdist, parallel make) never collide.
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", suffix=".partial", dir=out.parent))
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    if not _is_complete(out):
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process renamed its build into place first
+            if not _is_complete(out):
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -279,8 +279,8 @@ def _qwen_image_processor(patch_size: int, mean_std: dict[str, list[float]] | No
     )
 
 
-# t/h/w split of each head's rotary half: sum(mrope_section) == HEAD_DIM // 2 (real 7B: [16, 24, 24] for 128).
-MROPE_SECTION = [4, 6, 6]
+# Multimodal RoPE: t/h/w split of each head's rotary half, sum(mrope_section) == HEAD_DIM // 2 (7B: [16, 24, 24]).
+QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
 
 
 def build_tiny_qwen2_vl(out_dir: str | Path) -> Path:
@@ -300,9 +300,7 @@ def build_tiny_qwen2_vl(out_dir: str | Path) -> Path:
         vision_config=Qwen2VLVisionConfig(
             depth=2, embed_dim=64, num_heads=4, mlp_ratio=2, hidden_size=TEXT["hidden_size"], patch_size=14
         ),
-        text_config=Qwen2VLTextConfig(
-            **_text(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION})
-        ),
+        text_config=Qwen2VLTextConfig(**_text(tokenizer, rope_parameters=dict(QWEN2_ROPE))),
         **_qwen_ids(tokenizer),
     )
     return _save(out, _model(Qwen2VLForConditionalGeneration, config), processor)
@@ -335,9 +333,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
             window_size=56,  # 2x2 merged patches per window: layer 0 attends in windows
             fullatt_block_indexes=[1],  # layer 1 attends globally, as every 8th layer of the real ones
         ),
-        text_config=Qwen2_5_VLTextConfig(
-            **_text(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION})
-        ),
+        text_config=Qwen2_5_VLTextConfig(**_text(tokenizer, rope_parameters=dict(QWEN2_ROPE))),
         **_qwen_ids(tokenizer),
     )
     return _save(out, _model(Qwen2_5_VLForConditionalGeneration, config), processor)
