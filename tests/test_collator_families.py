@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import trl
 from vlm_sft.collator import IGNORE_INDEX, VisionSFTCollator
 
 CHAT_FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "gemma3"]
@@ -70,12 +70,19 @@ def _rows() -> list[dict]:
         },
         {
             "images": img[2:],
-            "messages": [user("Gauge reading?", 1), bot("4.2 bar."), user("Safe?"), bot("Yes."), user("Sure?"), bot("Yes!")],
+            "messages": [
+                user("Gauge reading?", 1),
+                bot("4.2 bar."),
+                user("Safe?"),
+                bot("Yes."),
+                user("Sure?"),
+                bot("Yes!"),
+            ],
         },
     ]
 
 
-REPLIES = [['A torque wrench.', '{"count": 3, "item": "M4 bolts"}'], ["Closed."], ["4.2 bar.", "Yes.", "Yes!"]]
+REPLIES = [["A torque wrench.", '{"count": 3, "item": "M4 bolts"}'], ["Closed."], ["4.2 bar.", "Yes.", "Yes!"]]
 
 
 def _spans(tokenizer, input_ids: torch.Tensor, labels: torch.Tensor) -> list[str]:

@@ -204,9 +204,7 @@ class VisionSFTCollator:
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch_messages = [_clean_messages(r["messages"]) for r in rows]
         texts, spans = self.render_with_spans(batch_messages)
-        batch = self._process(
-            texts, _images(rows), return_offsets_mapping=True, return_text_replacement_offsets=True
-        )
+        batch = self._process(texts, _images(rows), return_offsets_mapping=True, return_text_replacement_offsets=True)
         offsets = batch.pop("offset_mapping")
         replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in rows]
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], offsets, spans, replacements)

@@ -1,6 +1,7 @@
 """LLaVA and messages records -> one normalized `Sample` each, noting every key, type and role problem.
 
-LLaVA:    {"id"?, "image": "a.jpg" | ["a.jpg", ...], "conversations": [{"from": "human", "value": "<image>\\n..."}, ...]}
+LLaVA:    {"id"?, "image": "a.jpg" | ["a.jpg", ...],
+           "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}
 messages: {"id"?, "images": ["a.jpg", ...], "messages": [{"role": "user", "content": str | [parts]}, ...]}
           as TRL and OpenAI write them: parts are {"type": "text", "text": ...}, {"type": "image"} or, inline,
           {"type": "image", "image": "a.jpg"} / {"type": "image_url", "image_url": {"url": "a.jpg"}}.
@@ -54,6 +55,10 @@ class Sample:
     problems: list[Problem] = field(default_factory=list)
 
     @property
+    def conversation_key(self) -> str:
+        return _KEYS[self.format][0]
+
+    @property
     def role_key(self) -> str:
         return _KEYS[self.format][1]
 
@@ -62,8 +67,18 @@ class Sample:
         return _KEYS[self.format][2]
 
     def problem(self, field_name: str | None, message: str, fix: str, *, warning: bool = False) -> None:
-        self.problems.append(Problem(self.file, message, fix, index=self.index, sample_id=self.sample_id,
-                                     field=field_name, line=self.line, warning=warning))
+        self.problems.append(
+            Problem(
+                self.file,
+                message,
+                fix,
+                index=self.index,
+                sample_id=self.sample_id,
+                field=field_name,
+                line=self.line,
+                warning=warning,
+            )
+        )
 
 
 def content_parts(text: str) -> list[dict]:
@@ -86,8 +101,11 @@ def normalize(record: RawRecord, file: str, data_format: str = "auto") -> Sample
     sample = Sample(file, record.index, record.line)
     value = record.value
     if not isinstance(value, dict):
-        sample.problem(None, f"expected a JSON object {{...}} per sample, got {_kind(value)}.",
-                       "write each sample as an object with 'conversations' (LLaVA) or 'messages'.")
+        sample.problem(
+            None,
+            f"expected a JSON object {{...}} per sample, got {_kind(value)}.",
+            "write each sample as an object with 'conversations' (LLaVA) or 'messages'.",
+        )
         sample.images = None
         return sample
     raw_id = value.get("id")
@@ -101,8 +119,11 @@ def normalize(record: RawRecord, file: str, data_format: str = "auto") -> Sample
     sample.images = _image_refs(value, sample)
     _read_turns(value[conversation_key], sample)
     if sample.inline_images and sample.images:
-        sample.problem(sample.image_field, "images are given both in this field and inline in the messages.",
-                       "list each image once: either all paths here with {'type': 'image'} parts, or all inline.")
+        sample.problem(
+            sample.image_field,
+            "images are given both in this field and inline in the messages.",
+            "list each image once: either all paths here with {'type': 'image'} parts, or all inline.",
+        )
         sample.images = None
     elif sample.inline_images and sample.images is not None:
         sample.images = [ref for ref, _ in sample.inline_images]
@@ -119,15 +140,19 @@ def _record_format(value: dict, data_format: str, sample: Sample) -> str | None:
     names = " or ".join(repr(_KEYS[fmt][0]) for fmt in wanted)
     keys = ", ".join(map(repr, value)) or "none"
     targets = [_KEYS[fmt][0] for fmt in wanted]
-    guess = next((k for k in map(str, value) if difflib.get_close_matches(k, targets, 1, 0.6)), None)
+    unknown = [k for k in map(str, value) if k not in ("id", *_IMAGE_KEYS)]
+    guess = next((k for k in unknown if difflib.get_close_matches(k, targets, 1, 0.75)), None)
     if guess is not None:
-        hint = f" - did you mean {difflib.get_close_matches(guess, targets, 1, 0.6)[0]!r} instead of {guess!r}?"
+        hint = f" - did you mean {difflib.get_close_matches(guess, targets, 1, 0.75)[0]!r} instead of {guess!r}?"
     elif any(keys[0] in value for keys in _KEYS.values()):
         hint = f" - this sample is in the other format than --format {data_format}; use --format auto."
     else:
         hint = ""
-    sample.problem(guess or names.split(" or ")[0].strip("'"), f"missing key {names} (keys found: {keys}){hint}",
-                   "name the turns list 'conversations' (LLaVA: from/value) or 'messages' (role/content).")
+    sample.problem(
+        guess or names.split(" or ")[0].strip("'"),
+        f"missing key {names} (keys found: {keys}){hint}",
+        "name the turns list 'conversations' (LLaVA: from/value) or 'messages' (role/content).",
+    )
     return None
 
 
@@ -139,8 +164,9 @@ def _check_unknown_keys(value: dict, known: tuple[str, ...], prefix: str | None,
         match = difflib.get_close_matches(key, known, 1, 0.75)
         if match and match[0] not in value:
             where = f"{prefix}.{key}" if prefix else key
-            sample.problem(where, f"unknown key {key!r} - did you mean {match[0]!r}?",
-                           f"rename {key!r} to {match[0]!r}.")
+            sample.problem(
+                where, f"unknown key {key!r} - did you mean {match[0]!r}?", f"rename {key!r} to {match[0]!r}."
+            )
 
 
 def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
@@ -153,8 +179,11 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
     raw = value.get(key)
     raw = [] if raw is None else [raw] if isinstance(raw, (str, dict)) else raw
     if not isinstance(raw, list):
-        sample.problem(key, f"expected a path or a list of paths, got {_kind(raw)}.",
-                       'write "image": "a.jpg" or "image": ["a.jpg", "b.jpg"].')
+        sample.problem(
+            key,
+            f"expected a path or a list of paths, got {_kind(raw)}.",
+            'write "image": "a.jpg" or "image": ["a.jpg", "b.jpg"].',
+        )
         return None
     refs, ok = [], True
     for i, ref in enumerate(raw):
@@ -165,8 +194,11 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
             refs.append(ref)
         else:
             ok = False
-            sample.problem(where, f"expected an image path (a non-empty string), got {_kind(ref)}.",
-                           "give the image file's path relative to the image folder.")
+            sample.problem(
+                where,
+                f"expected an image path (a non-empty string), got {_kind(ref)}.",
+                "give the image file's path relative to the image folder.",
+            )
             continue
         sample.image_fields.append(where)
     return refs if ok else None
@@ -175,9 +207,11 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
 def _read_turns(turns: Any, sample: Sample) -> None:
     conversation_key = _KEYS[sample.format][0]
     if not isinstance(turns, list) or not turns:
-        example = ('[{"from": "human", "value": "<image>\\nQuestion?"}, {"from": "gpt", "value": "Answer."}]'
-                   if sample.format == "llava" else
-                   '[{"role": "user", "content": "<image>\\nQuestion?"}, {"role": "assistant", "content": "..."}]')
+        example = (
+            '[{"from": "human", "value": "<image>\\nQuestion?"}, {"from": "gpt", "value": "Answer."}]'
+            if sample.format == "llava"
+            else '[{"role": "user", "content": "<image>\\nQuestion?"}, {"role": "assistant", "content": "..."}]'
+        )
         got = "an empty list" if isinstance(turns, list) else _kind(turns)
         sample.problem(conversation_key, f"expected a non-empty list of turns, got {got}.", f"write {example}.")
         return
@@ -185,8 +219,11 @@ def _read_turns(turns: Any, sample: Sample) -> None:
         where = f"{conversation_key}[{i}]"
         sample.fields.append(where)
         if not isinstance(turn, dict):
-            sample.problem(where, f"expected a turn object {{{sample.role_key!r}: ..., {sample.text_key!r}: ...}}, "
-                           f"got {_kind(turn)}.", "write each turn as an object.")
+            sample.problem(
+                where,
+                f"expected a turn object {{{sample.role_key!r}: ..., {sample.text_key!r}: ...}}, got {_kind(turn)}.",
+                "write each turn as an object.",
+            )
             sample.messages.append({"role": None, "content": None})
             continue
         _check_unknown_keys(turn, (sample.role_key, sample.text_key), where, sample)
@@ -202,16 +239,19 @@ def _role(turn: dict, where: str, sample: Sample) -> str | None:
         return ROLE_ALIASES[raw]
     allowed = "human/user, gpt/assistant or system" if sample.format == "llava" else "user, assistant or system"
     if raw is None:
-        sample.problem(f"{where}.{key}", f"missing key {key!r}; expected {allowed}.",
-                       f"add {key!r} to the turn (who is speaking).")
+        sample.problem(
+            f"{where}.{key}",
+            f"missing key {key!r}; expected {allowed}.",
+            f"add {key!r} to the turn (who is speaking).",
+        )
         return None
     hint = ""
     if isinstance(raw, str):
-        guess = ROLE_ALIASES.get(raw.strip().lower()) or next(iter(difflib.get_close_matches(
-            raw.lower(), list(ROLE_ALIASES), 1, 0.6)), None)
+        guess = ROLE_ALIASES.get(raw.strip().lower()) or next(
+            iter(difflib.get_close_matches(raw.lower(), list(ROLE_ALIASES), 1, 0.6)), None
+        )
         hint = f" - did you mean {guess!r}?" if guess else ""
-    sample.problem(f"{where}.{key}", f"unknown role {raw!r}; expected {allowed}{hint}",
-                   f"use one of {allowed}.")
+    sample.problem(f"{where}.{key}", f"unknown role {raw!r}; expected {allowed}{hint}", f"use one of {allowed}.")
     return None
 
 
@@ -247,8 +287,11 @@ def _message_parts(raw: list, where: str, sample: Sample) -> list[dict] | None:
             parts.append({"type": "image", "text": None})
         else:
             got = f"type {kind!r}" if kind is not None else _kind(part)
-            sample.problem(at, f"expected a part {{'type': 'text', 'text': ...}} or {{'type': 'image'}}, got {got}.",
-                           "write text as {'type': 'text', 'text': '...'} and images as {'type': 'image'}.")
+            sample.problem(
+                at,
+                f"expected a part {{'type': 'text', 'text': ...}} or {{'type': 'image'}}, got {got}.",
+                "write text as {'type': 'text', 'text': '...'} and images as {'type': 'image'}.",
+            )
             return None
     return parts
 
@@ -260,24 +303,34 @@ def _inline_image(part: dict, at: str, sample: Sample) -> ImageRef | None | bool
     ref = next((v for v in (part.get("image"), part.get("path"), url) if v is not None), None)
     if ref is None or isinstance(ref, dict):
         if part.get("type") != "image":
-            sample.problem(at, "an image_url part without a url.", "write {'type': 'image_url', 'image_url': "
-                           "{'url': 'a.jpg'}} or use {'type': 'image'} with the path in 'images'.")
+            sample.problem(
+                at,
+                "an image_url part without a url.",
+                "write {'type': 'image_url', 'image_url': "
+                "{'url': 'a.jpg'}} or use {'type': 'image'} with the path in 'images'.",
+            )
             return False
         return ref
     if not isinstance(ref, str) or not ref.strip():
         sample.problem(at, f"expected an image path, got {_kind(ref)}.", "give the path relative to the image folder.")
         return False
     if ref.startswith(("http://", "https://")):
-        sample.problem(at, f"remote image URL {ref[:80]!r} - images are never downloaded during training.",
-                       "download the image into the image folder and give its relative path.")
+        sample.problem(
+            at,
+            f"remote image URL {ref[:80]!r} - images are never downloaded during training.",
+            "download the image into the image folder and give its relative path.",
+        )
         return False
     if ref.startswith("data:"):
         header, _, payload = ref.partition(",")
         try:
             return {"bytes": base64.b64decode(payload, validate=True), "path": None}
         except (binascii.Error, ValueError):
-            sample.problem(at, f"a data: URL whose base64 payload is invalid ({header[:40]}).",
-                           "re-encode the image, or save it to a file and give its path.")
+            sample.problem(
+                at,
+                f"a data: URL whose base64 payload is invalid ({header[:40]}).",
+                "re-encode the image, or save it to a file and give its path.",
+            )
             return False
     return ref.removeprefix("file://")
 

@@ -39,7 +39,7 @@ class Source:
     base_dir: Path | None = None  # image paths are relative to this unless image_dir is given
 
 
-def read_source(path: str | Path, *, split: str | None = None) -> Source:
+def read_source(path: str | Path, *, split: str | tuple[str, ...] | None = None) -> Source:
     """Records from a JSON/JSONL file, a `save_to_disk` folder, or a Hub dataset id in the local cache."""
     name, p = str(path), Path(path)
     if p.is_file():
@@ -48,8 +48,11 @@ def read_source(path: str | Path, *, split: str | None = None) -> Source:
         return _read_disk(p, split)
     if p.suffix.lower() not in JSON_SUFFIXES and _HUB_ID.fullmatch(name):
         return _read_hub(name, split)
-    problem = Problem(name, "does not exist (expected a .json/.jsonl file, a save_to_disk folder or a Hub id).",
-                      "check the path; relative paths are relative to the current folder.")
+    problem = Problem(
+        name,
+        "does not exist (expected a .json/.jsonl file, a save_to_disk folder or a Hub id).",
+        "check the path; relative paths are relative to the current folder.",
+    )
     return Source(name, problems=[problem])
 
 
@@ -58,16 +61,22 @@ def _read_json_file(path: Path) -> Source:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM written by some editors is not an error
     except UnicodeDecodeError as e:
-        source.problems.append(Problem(source.name, f"is not UTF-8 text (byte {e.start}: {e.reason}).",
-                                       "save the file as UTF-8 JSON."))
+        source.problems.append(
+            Problem(source.name, f"is not UTF-8 text (byte {e.start}: {e.reason}).", "save the file as UTF-8 JSON.")
+        )
         return source
     except OSError as e:
         source.problems.append(Problem(source.name, f"cannot be read ({e.strerror}).", "check its permissions."))
         return source
     stripped = text.lstrip()
     if not stripped:
-        source.problems.append(Problem(source.name, "is empty; expected a JSON list of samples or JSON Lines.",
-                                       "write the samples into the file (see examples/workbench/train.json)."))
+        source.problems.append(
+            Problem(
+                source.name,
+                "is empty; expected a JSON list of samples or JSON Lines.",
+                "write the samples into the file (see examples/workbench/train.json).",
+            )
+        )
     elif path.suffix.lower() == ".jsonl" or (stripped.startswith("{") and _is_json_lines(text)):
         _parse_json_lines(text, source)
     else:
@@ -93,11 +102,17 @@ def _parse_json_lines(text: str, source: Source) -> None:
         try:
             source.records.append(RawRecord(index, line_no, json.loads(line)))
         except json.JSONDecodeError as e:
-            source.problems.append(Problem(
-                source.name, f"invalid JSON: {e.msg}.",
-                "each line must be one complete JSON object {...}; check quotes, commas and brackets there.",
-                index=index, field=_key_before(line, e.pos), line=line_no, column=e.colno,
-            ))
+            source.problems.append(
+                Problem(
+                    source.name,
+                    f"invalid JSON: {e.msg}.",
+                    "each line must be one complete JSON object {...}; check quotes, commas and brackets there.",
+                    index=index,
+                    field=_key_before(line, e.pos),
+                    line=line_no,
+                    column=e.colno,
+                )
+            )
         index += 1
 
 
@@ -143,11 +158,17 @@ def _syntax_problem(source: Source, text: str, pos: int, index: int | None, mess
     pos = min(pos, len(text))
     if pos >= len(text):
         message = message.rstrip(".") + " (the file ends too early)."
-    source.problems.append(Problem(
-        source.name, message, "fix the JSON at that place (a missing comma, quote or bracket is the usual cause).",
-        index=index, field=_key_before(text[start:pos], pos - start), line=_line_at(text, pos),
-        column=pos - text.rfind("\n", 0, pos),
-    ))
+    source.problems.append(
+        Problem(
+            source.name,
+            message,
+            "fix the JSON at that place (a missing comma, quote or bracket is the usual cause).",
+            index=index,
+            field=_key_before(text[start:pos], pos - start),
+            line=_line_at(text, pos),
+            column=pos - text.rfind("\n", 0, pos),
+        )
+    )
 
 
 def _key_before(text: str, pos: int) -> str | None:
@@ -160,48 +181,55 @@ def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _image_columns_undecoded(ds: datasets.Dataset) -> datasets.Dataset:
-    """Image columns as {"bytes", "path"} so images are checked by us, not decoded on access."""
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, (datasets.List, datasets.LargeList)) and isinstance(feature.feature, datasets.Image):
-            ds = ds.cast_column(name, type(feature)(datasets.Image(decode=False)))
-    return ds
+def _raw_rows(ds: datasets.Dataset, batch_size: int = 256):
+    """Rows as stored in Arrow: image columns stay {"bytes", "path"}, so images are checked by us, not decoded."""
+    for batch in ds.with_format("arrow").iter(batch_size=batch_size):
+        yield from batch.to_pylist()
 
 
-def _dataset_source(name: str, ds: Any, split: str | None, base_dir: Path | None) -> Source:
+def _dataset_source(name: str, ds: Any, split: str | tuple[str, ...] | None, base_dir: Path | None) -> Source:
     source = Source(name, base_dir=base_dir)
     if isinstance(ds, datasets.DatasetDict):
-        wanted = split or "train"
-        if wanted not in ds:
-            source.problems.append(Problem(name, f"has no split {wanted!r} (it has {', '.join(ds)}).",
-                                           "save the split you want, or name it with split=..."))
+        wanted = (split,) if isinstance(split, str) else tuple(split or ("train",))
+        found = [s for s in wanted if s in ds] or (list(ds) if len(ds) == 1 else [])
+        if not found:
+            source.problems.append(
+                Problem(
+                    name,
+                    f"has no split {' or '.join(map(repr, wanted))} (it has {', '.join(map(repr, ds))}).",
+                    "save the dataset with the split you want, or as a single Dataset.",
+                )
+            )
             return source
-        ds = ds[wanted]
-    for index, row in enumerate(_image_columns_undecoded(ds)):
+        ds = ds[found[0]]
+    for index, row in enumerate(_raw_rows(ds)):
         source.records.append(RawRecord(index, None, row))
     return source
 
 
-def _read_disk(path: Path, split: str | None) -> Source:
+def _read_disk(path: Path, split: str | tuple[str, ...] | None) -> Source:
     name = str(path)
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - any failure of a third-party loader is a problem with the user's folder
-        problem = Problem(name, f"is a folder but not a dataset saved with save_to_disk ({type(e).__name__}: {e}).",
-                          "pass a .json/.jsonl file, or a folder written by Dataset.save_to_disk.")
+        problem = Problem(
+            name,
+            f"is a folder but not a dataset saved with save_to_disk ({type(e).__name__}: {e}).",
+            "pass a .json/.jsonl file, or a folder written by Dataset.save_to_disk.",
+        )
         return Source(name, problems=[problem])
     return _dataset_source(name, ds, split, path)
 
 
-def _read_hub(repo_id: str, split: str | None) -> Source:
+def _read_hub(repo_id: str, split: str | tuple[str, ...] | None) -> Source:
     try:
-        ds = datasets.load_dataset(repo_id, split=split or "train")
+        ds = datasets.load_dataset(repo_id)
     except Exception as e:  # noqa: BLE001 - offline misses, unknown ids and bad caches all land here
-        problem = Problem(repo_id, f"is not a file or folder, and loading it as a Hub dataset failed "
-                                   f"({type(e).__name__}: {e}).",
-                          "check the path; for a Hub dataset, download it once with network, then set "
-                          "HF_HUB_OFFLINE=1 to use the local cache.")
+        problem = Problem(
+            repo_id,
+            f"is not a file or folder, and loading it as a Hub dataset failed ({type(e).__name__}: {e}).",
+            "check the path; for a Hub dataset, download it once with network, then set "
+            "HF_HUB_OFFLINE=1 to use the local cache.",
+        )
         return Source(repo_id, problems=[problem])
-    return _dataset_source(repo_id, ds, None, None)
+    return _dataset_source(repo_id, ds, split, None)

@@ -20,7 +20,6 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from vlm_sft.data_formats import IMAGE_PLACEHOLDER, ImageRef, Sample
-from vlm_sft.data_report import Problem
 
 # PIL's own decompression-bomb threshold (~89 Mpx, a 9459 x 9459 image); PIL warns above it and
 # refuses above twice it. We refuse above it: no VLM processor needs more pixels than that.
@@ -48,19 +47,28 @@ def _check_turn_order(sample: Sample) -> None:
     for i in range(start, len(roles)):
         where = f"{sample.fields[i]}.{key}"
         if roles[i] == "system":
-            sample.problem(where, "a system message is only allowed as the first message.",
-                           "move it to the start of the conversation, or merge it into the first one.")
+            sample.problem(
+                where,
+                "a system message is only allowed as the first message.",
+                "move it to the start of the conversation, or merge it into the first one.",
+            )
             continue
         if roles[i] != expected:
-            sample.problem(where, f"expected a {expected} turn here (turns alternate user, assistant, user, ...), "
-                           f"got {roles[i]}.", "merge consecutive turns of one speaker, or add the missing turn.")
+            sample.problem(
+                where,
+                f"expected {_article(expected)} turn here (turns alternate user, assistant, ...), got {roles[i]}.",
+                "merge consecutive turns of one speaker, or add the missing turn.",
+            )
         expected = "assistant" if roles[i] == "user" else "user"
     if start == len(roles):
         sample.problem(sample.fields[0], "has only a system message.", "add a user question and an assistant reply.")
     elif roles[-1] != "assistant":
-        sample.problem(f"{sample.fields[-1]}.{key}", f"the conversation ends with a {roles[-1]} turn; "
-                       "expected it to end with an assistant reply (what the model learns to say).",
-                       "add the assistant's reply, or delete the unanswered last question.")
+        sample.problem(
+            f"{sample.fields[-1]}.{key}",
+            f"the conversation ends with {_article(roles[-1])} turn; "
+            "expected it to end with an assistant reply (what the model learns to say).",
+            "add the assistant's reply, or delete the unanswered last question.",
+        )
 
 
 def _check_message(sample: Sample, i: int, message: dict) -> None:
@@ -69,20 +77,31 @@ def _check_message(sample: Sample, i: int, message: dict) -> None:
     n_images = sum(p["type"] == "image" for p in message["content"])
     role = message["role"]
     if role == "assistant" and not text.strip():
-        got = "nothing" if not text else "only whitespace"
-        sample.problem(where, f"expected a non-empty assistant reply, got {got}.",
-                       "write the answer the model should give, or delete the turn and its question.")
+        sample.problem(
+            where,
+            "expected a non-empty assistant reply, got an empty or whitespace-only text.",
+            "write the answer the model should give, or delete the turn and its question.",
+        )
     elif not text.strip() and not n_images:
         sample.problem(where, f"expected the {role} text, got an empty turn.", "write the text or delete the turn.")
     if n_images and role != "user":
-        sample.problem(where, f"an image in a {role} turn; images belong in user turns.",
-                       f"move the {IMAGE_PLACEHOLDER} placeholder into the user turn the reply answers.")
+        sample.problem(
+            where,
+            f"an image in {_article(role)} turn; images belong in user turns.",
+            f"move the {IMAGE_PLACEHOLDER} placeholder into the user turn the reply answers.",
+        )
     for found in ANNOTATE.findall(text):
-        sample.problem(where, f"unannotated placeholder {found[:60]!r} is still in the text.",
-                       "replace it with the real answer (what a person sees in the image).")
+        sample.problem(
+            where,
+            f"unannotated placeholder {found[:80]!r} is still in the text.",
+            "replace it with the real answer (what a person sees in the image).",
+        )
     for found in _NEAR_PLACEHOLDER.findall(text):
-        sample.problem(where, f"{found!r} looks like an image placeholder but is not exactly {IMAGE_PLACEHOLDER}.",
-                       f"write {IMAGE_PLACEHOLDER} (lower case, no spaces) where the image belongs.")
+        sample.problem(
+            where,
+            f"{found!r} looks like an image placeholder but is not exactly {IMAGE_PLACEHOLDER}.",
+            f"write {IMAGE_PLACEHOLDER} (lower case, no spaces) where the image belongs.",
+        )
 
 
 def _check_image_count(sample: Sample) -> None:
@@ -91,10 +110,17 @@ def _check_image_count(sample: Sample) -> None:
     n_parts = sum(p["type"] == "image" for m in sample.messages for p in m["content"])
     n_images = len(sample.images)
     if n_parts != n_images:
-        how = ("one <image> in the text for each image, at the place it belongs, in the order of the list"
-               if sample.format == "llava" else "one {'type': 'image'} part (or <image>) per path, in order")
-        sample.problem(sample.image_field, f"{n_parts} image placeholder{'s' * (n_parts != 1)} in the conversation "
-                       f"but {n_images} image{'s' * (n_images != 1)} listed; they must be equal.", f"write {how}.")
+        how = (
+            "one <image> in the text for each image, at the place it belongs, in the order of the list"
+            if sample.format == "llava"
+            else "one {'type': 'image'} part (or <image>) per path, in order"
+        )
+        sample.problem(
+            sample.image_field,
+            f"{n_parts} image placeholder{'s' * (n_parts != 1)} in the conversation "
+            f"but {n_images} image{'s' * (n_images != 1)} listed; they must be equal.",
+            f"write {how}.",
+        )
 
 
 def resolve_image(ref: ImageRef, image_dir: Path | None) -> Path | bytes | str:
@@ -132,8 +158,10 @@ def inspect_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
         with _open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
-                return (f"is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                        "(a decompression bomb, or a photo far larger than any model needs).")
+                return (
+                    f"is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                    "(a decompression bomb, or a photo far larger than any model needs)."
+                )
             image.verify()
         with _open(source) as image:
             image.load()
@@ -162,19 +190,26 @@ def check_images(samples: list[Sample], image_dir: Path | None, max_pixels: int 
     for s, sample in enumerate(samples):
         for i, ref in enumerate(sample.images or []):
             resolved[s, i] = resolve_image(ref, image_dir)
-    files = {r if isinstance(r, Path) else hashlib.sha1(r).hexdigest(): r
-             for r in resolved.values() if not isinstance(r, str)}
-    # Decoding dominates and PIL releases the GIL while decoding. The filter turns PIL's bomb
-    # warning into an exception; filters are process-wide, so set it once around the pool.
+    files = {
+        r if isinstance(r, Path) else hashlib.sha1(r).hexdigest(): r
+        for r in resolved.values()
+        if not isinstance(r, str)
+    }
+    # Decoding dominates and PIL releases the GIL while decoding. PIL's bomb warning is silenced:
+    # `inspect_image` applies max_pixels itself (filters are process-wide: set once around the pool).
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        verdicts = dict(zip(files, pool.map(lambda src: inspect_image(src, max_pixels), files.values())))
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        verdicts = dict(zip(files, pool.map(lambda src: inspect_image(src, max_pixels), files.values()), strict=True))
     for (s, i), target in resolved.items():
         sample = samples[s]
         where = sample.image_fields[i]
         if isinstance(target, str):
-            sample.problem(where, f"image path {target}", "move the image into the image folder (or pass "
-                           "--image-dir / image_dir for the folder that holds it) and give its relative path.")
+            sample.problem(
+                where,
+                f"image path {target}",
+                "move the image into the image folder (or pass "
+                "--image-dir / image_dir for the folder that holds it) and give its relative path.",
+            )
             continue
         verdict = verdicts[target if isinstance(target, Path) else hashlib.sha1(target).hexdigest()]
         if verdict:
@@ -198,9 +233,14 @@ def _image_fix(verdict: str) -> str:
 
 def fingerprint(sample: Sample) -> str:
     """A key equal for exactly duplicated samples (same images, same conversation)."""
-    images = [posixpath.normpath(r) if isinstance(r, str) else
-              hashlib.sha1(r["bytes"]).hexdigest() if r.get("bytes") is not None else r.get("path")
-              for r in sample.images or []]
+    images = [
+        posixpath.normpath(r)
+        if isinstance(r, str)
+        else hashlib.sha1(r["bytes"]).hexdigest()
+        if r.get("bytes") is not None
+        else r.get("path")
+        for r in sample.images or []
+    ]
     return json.dumps([images, sample.messages], sort_keys=True)
 
 
@@ -217,13 +257,24 @@ def mark_duplicates(samples: list[Sample], earlier: list[Sample] = ()) -> None:
             continue
         named = f"sample {first.index}" + (f" (id {first.sample_id!r})" if first.sample_id is not None else "")
         if n_earlier and first.file != sample.file:
-            sample.problem(None, f"is also {named} of the training data {first.file}.",
-                           "remove it from one of the two: evaluating on training samples measures memorization.",
-                           warning=True)
+            sample.problem(
+                None,
+                f"is also {named} of the training data {first.file}.",
+                "remove it from one of the two: evaluating on training samples measures memorization.",
+                warning=True,
+            )
         else:
-            sample.problem(None, f"is an exact duplicate of {named}.",
-                           "delete one copy: a duplicate counts twice in training.", warning=True)
+            sample.problem(
+                None,
+                f"is an exact duplicate of {named}.",
+                "delete one copy: a duplicate counts twice in training.",
+                warning=True,
+            )
 
 
 def _has_errors(sample: Sample) -> bool:
     return any(not p.warning for p in sample.problems)
+
+
+def _article(role: str) -> str:
+    return f"an {role}" if role == "assistant" else f"a {role}"

@@ -80,9 +80,8 @@ def lora_target_regex(parts: Components, preset: str, on_vision_tower: bool = Fa
     if not on_vision_tower:
         return text
     # The projector sits inside Qwen's vision module: it is trained fully, never LoRA'd.
-    vision = (
-        rf"(?!{re.escape(parts.projector)}\.){re.escape(parts.vision_tower)}\..*\.({'|'.join(_VISION_TARGETS[preset])})"
-    )
+    not_projector = rf"(?!{re.escape(parts.projector)}\.)"
+    vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(_VISION_TARGETS[preset])})"
     return rf"({text}|{vision})"
 
 
