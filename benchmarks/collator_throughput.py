@@ -130,12 +130,10 @@ def main() -> None:
     print("| collator | samples/s |\n|---|---|")
     for name, rate in best.items():
         print(f"| {name} | {rate:.1f} |")
-    print(
-        f"\nours / TRL = {result['ours_vs_trl']}x; ours / plain processor call = {result['ours_vs_plain_processor']:.0%}"
-    )
-    print(
-        f"trained tokens, first batch: ours {ours_trained} (incl. {eos_added} </s> the template omits), TRL {trl_trained}"
-    )
+    ratio_plain = result["ours_vs_plain_processor"]
+    print(f"\nours / TRL = {result['ours_vs_trl']}x; ours / plain processor call = {ratio_plain:.0%}")
+    print(f"trained tokens, first batch: ours {ours_trained} (incl. {eos_added} </s> the template omits), ", end="")
+    print(f"TRL {trl_trained}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
