@@ -42,15 +42,22 @@ def test_lora_only_on_language_model_and_projector_fully_trained(tiny_llava):
     per_layer = 2 * 8 * (config.hidden_size + config.hidden_size)
     assert comps["language_model"]["trainable"] == config.num_hidden_layers * per_layer
     assert report["trainable"] == comps["projector"]["trainable"] + comps["language_model"]["trainable"]
-    assert report["total"] == sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n
-                                  and "modules_to_save" not in n)
+    assert report["total"] == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n
+    )
     assert report["percent"] == round(100 * report["trainable"] / report["total"], 4)
 
 
 def test_presets_and_vision_opt_in(tiny_llava):
     model, _ = _setup(tiny_llava, VisionArguments(lora_target="all-linear"))
     assert {n.rsplit(".", 1)[-1] for n in _lora_modules(model)} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     model, _ = _setup(tiny_llava, VisionArguments(lora_target="qv", lora_on_vision_tower=True))
     vision = [n for n in _lora_modules(model) if ".vision_tower." in n]
@@ -73,8 +80,9 @@ def test_unknown_family_is_refused_not_guessed():
 
 
 def test_4bit_keeps_vision_projector_and_head_in_16_bit_with_root_paths():
-    config = quantization_config(ModelConfig(load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16"),
-                                 COMPONENTS["llava"])
+    config = quantization_config(
+        ModelConfig(load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16"), COMPONENTS["llava"]
+    )
     assert config.llm_int8_skip_modules == ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
     assert config.bnb_4bit_use_double_quant and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
@@ -153,3 +161,38 @@ def test_qlora_forward_and_gradients_are_unchanged_by_an_eval_pass(tiny_llava, l
     assert grads_after.keys() == grads_before.keys() and any("lora_A" in n for n in grads_after)
     for name, grad in grads_before.items():
         torch.testing.assert_close(grads_after[name], grad, msg=f"gradient of {name} changed after eval")
+
+
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "gemma3", "paligemma"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_lora_scope_and_report(tiny_dir, family, tmp_path):
+    from vlm_sft.report import format_table, write_report
+
+    path = tiny_dir(family)
+    args = _model_args(path)
+    model, parts = load_model(args, trust_remote_code=True)
+    model = apply_lora(model, parts, args, VisionArguments(lora_target="attention"))
+    lora = _lora_modules(model)
+    assert lora and all(f"{parts.language_model}." in n for n in lora), family
+    report = trainable_parameters(model, parts)
+    comps = report["components"]
+    assert comps["vision_tower"]["trainable"] == 0 < comps["vision_tower"]["total"]
+    assert comps["projector"]["trainable"] == comps["projector"]["total"] > 0
+    assert comps["language_model"]["trainable"] == sum(report["lora_targets"].values()) > 0
+    assert set(report["lora_targets"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert "other" not in comps or comps["other"]["trainable"] == 0
+    saved = write_report(report, tmp_path)
+    assert saved.name == "trainable_parameters.json" and "projector" in format_table(report)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_4bit_quantizes_only_the_language_model(tiny_dir, family):
+    import bitsandbytes as bnb
+
+    path = tiny_dir(family)
+    args = _model_args(path, load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16")
+    model, parts = load_model(args, trust_remote_code=True)
+    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(n.startswith(parts.language_model + ".") for n in quantized), family

@@ -31,7 +31,7 @@ DRAFT_QUESTIONS = (
     ("Is the device in the image switched on?", "[ANNOTATE: yes or no, and what shows it (an LED, a display)]"),
     (
         'List the tools as JSON with keys "tools" and "count".',
-        '[ANNOTATE: JSON, e.g. {"tools": ["pliers"], "count": 1}',
+        '[ANNOTATE: JSON, e.g. {"tools": ["pliers"], "count": 1}]',
     ),
 )
 
@@ -219,7 +219,7 @@ def find_images(image_dir: Path) -> list[Path]:
     """Image files under image_dir (recursively, by name), with every extension PIL can open."""
     from PIL import Image
 
-    extensions = set(Image.registered_extensions())
+    extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}  # not save-only
     return sorted(
         p
         for p in image_dir.rglob("*")
@@ -258,7 +258,7 @@ def _init(args: argparse.Namespace) -> int:
     images = find_images(image_dir)[: args.limit]
     if not images:
         print(
-            f"error: {image_dir}: no image files found (looked for {', '.join(('.jpg', '.png', '.webp'))}, ...). "
+            f"error: {image_dir}: no image files found (.jpg, .png, .webp, ... anything PIL opens). "
             "Fix: put the images in that folder, or point IMAGE_DIR at the folder that holds them."
         )
         return 1

@@ -102,7 +102,7 @@ def normalize(record: RawRecord, file: str, data_format: str = "auto") -> Sample
     value = record.value
     if not isinstance(value, dict):
         sample.problem(
-            None,
+            "(the sample)",
             f"expected a JSON object {{...}} per sample, got {_kind(value)}.",
             "write each sample as an object with 'conversations' (LLaVA) or 'messages'.",
         )
@@ -110,14 +110,14 @@ def normalize(record: RawRecord, file: str, data_format: str = "auto") -> Sample
         return sample
     raw_id = value.get("id")
     sample.sample_id = None if raw_id is None else str(raw_id)
-    sample.format = _record_format(value, data_format, sample)
-    if sample.format is None:
-        sample.format, sample.images = "llava", None
+    fmt = _record_format(value, data_format, sample)
+    if fmt is None:
+        sample.images = None
         return sample
-    conversation_key, role_key, text_key = _KEYS[sample.format]
-    _check_unknown_keys(value, ("id", *_IMAGE_KEYS, conversation_key), None, sample)
+    sample.format = fmt
+    _check_unknown_keys(value, ("id", *_IMAGE_KEYS, sample.conversation_key), None, sample)
     sample.images = _image_refs(value, sample)
-    _read_turns(value[conversation_key], sample)
+    _read_turns(value[sample.conversation_key], sample)
     if sample.inline_images and sample.images:
         sample.problem(
             sample.image_field,
@@ -205,7 +205,7 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
 
 
 def _read_turns(turns: Any, sample: Sample) -> None:
-    conversation_key = _KEYS[sample.format][0]
+    conversation_key = sample.conversation_key
     if not isinstance(turns, list) or not turns:
         example = (
             '[{"from": "human", "value": "<image>\\nQuestion?"}, {"from": "gpt", "value": "Answer."}]'
@@ -235,8 +235,8 @@ def _read_turns(turns: Any, sample: Sample) -> None:
 def _role(turn: dict, where: str, sample: Sample) -> str | None:
     key = sample.role_key
     raw = turn.get(key)
-    if isinstance(raw, str) and raw in ROLE_ALIASES:
-        return ROLE_ALIASES[raw]
+    if isinstance(raw, str) and raw.strip().lower() in ROLE_ALIASES:  # "Human" and "GPT " are no one else
+        return ROLE_ALIASES[raw.strip().lower()]
     allowed = "human/user, gpt/assistant or system" if sample.format == "llava" else "user, assistant or system"
     if raw is None:
         sample.problem(
@@ -245,12 +245,8 @@ def _role(turn: dict, where: str, sample: Sample) -> str | None:
             f"add {key!r} to the turn (who is speaking).",
         )
         return None
-    hint = ""
-    if isinstance(raw, str):
-        guess = ROLE_ALIASES.get(raw.strip().lower()) or next(
-            iter(difflib.get_close_matches(raw.lower(), list(ROLE_ALIASES), 1, 0.6)), None
-        )
-        hint = f" - did you mean {guess!r}?" if guess else ""
+    guess = difflib.get_close_matches(raw.strip().lower(), list(ROLE_ALIASES), 1, 0.6) if isinstance(raw, str) else []
+    hint = f" - did you mean {guess[0]!r}?" if guess else ""
     sample.problem(f"{where}.{key}", f"unknown role {raw!r}; expected {allowed}{hint}", f"use one of {allowed}.")
     return None
 

@@ -171,10 +171,10 @@ def _syntax_problem(source: Source, text: str, pos: int, index: int | None, mess
     )
 
 
-def _key_before(text: str, pos: int) -> str | None:
+def _key_before(text: str, pos: int) -> str:
     """The last object key before the error, as a hint to where in the sample it is."""
     keys = _KEY_BEFORE.findall(text[:pos])
-    return f"{keys[-1]} (the last key before the error)" if keys else None
+    return f"{keys[-1]} (the last key before the error)" if keys else "(JSON syntax)"
 
 
 def _line_at(text: str, pos: int) -> int:

@@ -137,6 +137,8 @@ def resolve_image(ref: ImageRef, image_dir: Path | None) -> Path | bytes | str:
             return Path(ref)
     if os.path.isabs(ref) or ref.startswith("~"):
         return f"{ref!r} is an absolute path; image paths must be relative to the image folder."
+    if "\0" in ref:
+        return f"{ref!r} contains a NUL character, which no file name can hold."
     if image_dir is None:
         return f"{ref!r} is relative, but there is no image folder to resolve it in."
     root = image_dir.resolve()
@@ -175,7 +177,11 @@ def inspect_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
         return f"is refused as a decompression bomb by PIL ({e})."
     except UnidentifiedImageError:
         return "is not an image that PIL can read (wrong format, or not an image at all)."
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL reports broken data with all of these
+    except OSError as e:
+        if e.errno is not None:  # the file system refused (name too long, I/O error, ...), not PIL
+            return f"cannot be read ({e.strerror})."
+        return f"is corrupt or truncated ({e})."
+    except (SyntaxError, ValueError, EOFError) as e:  # PIL reports broken data with these too
         return f"is corrupt or truncated ({e})."
     return None
 

@@ -30,6 +30,12 @@ class Components:
     projector: str
     language_model: str
     lm_head: str = "lm_head"
+    # More modules that carry vision features into the language model (Qwen3-VL's deepstack mergers).
+    extra_projectors: tuple[str, ...] = ()
+
+    @property
+    def projectors(self) -> tuple[str, ...]:
+        return (self.projector, *self.extra_projectors)
 
 
 # model_type -> module paths in transformers 5 (the top model wraps a `model` with the parts).
@@ -43,7 +49,12 @@ COMPONENTS: dict[str, Components] = {
     "paligemma": _LLAVA_LIKE,
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
-    "qwen3_vl": _QWEN_VL,
+    "qwen3_vl": Components(
+        "model.visual",
+        "model.visual.merger",
+        "model.language_model",
+        extra_projectors=("model.visual.deepstack_merger_list",),
+    ),
     "idefics3": _IDEFICS,
     "smolvlm": _IDEFICS,
 }
@@ -80,7 +91,7 @@ def lora_target_regex(parts: Components, preset: str, on_vision_tower: bool = Fa
     if not on_vision_tower:
         return text
     # The projector sits inside Qwen's vision module: it is trained fully, never LoRA'd.
-    not_projector = rf"(?!{re.escape(parts.projector)}\.)"
+    not_projector = "".join(rf"(?!{re.escape(p)}\.)" for p in parts.projectors)
     vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(_VISION_TARGETS[preset])})"
     return rf"({text}|{vision})"
 
@@ -93,7 +104,7 @@ def quantization_config(model_args: ModelConfig, parts: Components) -> BitsAndBy
     """
     config = get_quantization_config(model_args)
     if config is not None:
-        config.llm_int8_skip_modules = [parts.vision_tower, parts.projector, parts.lm_head]
+        config.llm_int8_skip_modules = [parts.vision_tower, *parts.projectors, parts.lm_head]
     return config
 
 
@@ -152,7 +163,11 @@ def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfi
         lora.target_modules = lora_target_regex(parts, vision.lora_target, vision.lora_on_vision_tower)
     to_save = list(model_args.lora_modules_to_save or [])
     if vision.train_projector:
-        to_save.append(parts.projector)
+        for path in parts.projectors:
+            module = model.get_submodule(path)
+            # PEFT wraps single modules only: a ModuleList (Qwen3-VL's deepstack mergers) goes by its items.
+            is_list = isinstance(module, torch.nn.ModuleList)
+            to_save.extend([f"{path}.{i}" for i in range(len(module))] if is_list else [path])
     if vision.train_vision_tower:
         to_save.append(parts.vision_tower)
     lora.modules_to_save = to_save or None

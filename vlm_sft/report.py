@@ -27,7 +27,7 @@ def _numel(param: torch.Tensor) -> int:
 def _component(name: str, parts: Components) -> str:
     # Most specific first: Qwen's projector lives inside its vision module.
     for label, path in (
-        ("projector", parts.projector),
+        *(("projector", p) for p in parts.projectors),
         ("vision_tower", parts.vision_tower),
         ("language_model", parts.language_model),
         ("lm_head", parts.lm_head),
