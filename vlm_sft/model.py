@@ -125,6 +125,12 @@ def load_model(
     )
     parts = components_for(config)
     quant = quantization_config(model_args, parts)
+    device_map = None
+    if quant is not None and torch.cuda.is_available():
+        from accelerate import PartialState
+
+        # k-bit weights cannot be moved after loading: each process loads onto its own GPU.
+        device_map = {"": PartialState().local_process_index}
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -132,6 +138,7 @@ def load_model(
         dtype=_torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
         quantization_config=quant,
+        device_map=device_map,
         use_safetensors=True,
     )
     if quant is not None:

@@ -1,0 +1,176 @@
+"""GPU benchmark: LLaVA-1.5-7B-shaped QLoRA (and bf16 LoRA) with recipes/llava_qlora.yaml settings, no download.
+
+    python benchmarks/gpu_qlora.py --size 7b --out gpu_results.json   # on a GPU machine
+    python benchmarks/gpu_qlora.py --size tiny --steps 2                # CPU smoke test (CI-size)
+
+Random weights built from config (CLIP ViT-L/14-336 + Llama-2-7B text, vocab 32064), saved once as
+safetensors, then loaded through the project's own model setup (`vlm_sft.model.load_model` +
+`apply_lora`: 4-bit NF4, double quantization, bf16 compute, vision tower / projector / lm_head
+unquantized, LoRA r=16 on q/k/v/o of the language model, projector trained fully). For batch 1 and
+4, with and without activation checkpointing: peak GPU memory, tokens/s and samples/s over a fixed
+number of optimizer steps; then the same in bf16 LoRA. Samples are 576 image tokens + 160 text tokens.
+
+On a machine without network, trl and bitsandbytes can come as wheel files (see the device notes
+in benchmarks/README.md); torch, transformers, peft and accelerate must be installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {
+    # vision: CLIP ViT-L/14 at 336 px; text: Llama-2-7B (Vicuna) as in llava-hf/llava-1.5-7b-hf
+    "7b": {
+        "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                   "image_size": 336, "patch_size": 14, "projection_dim": 768},
+        "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                 "num_key_value_heads": 32, "vocab_size": 32064},
+    },
+    # CPU smoke test: same code path, toy widths (multiples of 64 for bitsandbytes' CPU kernels)
+    "tiny": {
+        "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "image_size": 56, "patch_size": 14, "projection_dim": 64},
+        "text": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 4, "vocab_size": 1024},
+    },
+}  # fmt: skip
+TEXT_TOKENS = 160
+
+
+def build_checkpoint(size: str, out: Path) -> Path:
+    """Random-weight LLaVA of the given size saved as bf16 safetensors (built on the GPU when there is one)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    spec = SIZES[size]
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**spec["vision"]),
+        text_config=LlamaConfig(**spec["text"], max_position_embeddings=4096),
+        image_token_id=spec["text"]["vocab_size"] - 64,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = LlavaForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return out
+
+
+def make_batch(config, batch_size: int, device) -> dict:
+    n_image = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    ids = torch.randint(10, config.image_token_id - 1, (batch_size, n_image + TEXT_TOKENS))
+    ids[:, 1 : 1 + n_image] = config.image_token_id
+    labels = ids.clone()
+    labels[:, : 1 + n_image + TEXT_TOKENS // 2] = -100  # the answer half is trained
+    size = config.vision_config.image_size
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "pixel_values": torch.randn(batch_size, 3, size, size, dtype=torch.bfloat16).to(device),
+        "labels": labels.to(device),
+    }
+
+
+def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing: bool, steps: int) -> dict:
+    from trl import ModelConfig
+
+    from vlm_sft.config import VisionArguments
+    from vlm_sft.model import apply_lora, load_model
+
+    args = ModelConfig(
+        model_name_or_path=str(checkpoint), dtype="bfloat16", load_in_4bit=qlora, use_bnb_nested_quant=True,
+        bnb_4bit_quant_type="nf4", use_peft=True, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+    )  # fmt: skip
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, parts = load_model(args, gradient_checkpointing=checkpointing)
+    if cuda and not qlora:
+        model.to("cuda")
+    if checkpointing and not qlora:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = apply_lora(model, parts, args, VisionArguments(lora_target="attention"))
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    weights_gb = torch.cuda.memory_allocated() / 2**30 if cuda else None
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    batch = make_batch(model.base_model.model.config, batch_size, device)
+    model.train()
+    times = []
+    for _ in range(steps + 1):  # the first step warms up kernels and the allocator
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    per_step = sum(times[1:]) / steps
+    tokens = batch["input_ids"].numel()
+    result = {
+        "mode": "qlora" if qlora else "bf16-lora",
+        "batch_size": batch_size,
+        "activation_checkpointing": checkpointing,
+        "seconds_per_step": round(per_step, 4),
+        "tokens_per_second": round(tokens / per_step, 1),
+        "samples_per_second": round(batch_size / per_step, 2),
+        "weights_gib": round(weights_gb, 2) if cuda else None,
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "loss": round(loss.item(), 4),
+    }
+    del model, optim, batch
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--modes", nargs="+", default=["qlora", "bf16-lora"], choices=["qlora", "bf16-lora"])
+    parser.add_argument("--checkpoint-dir", default=None, help="reuse a built random-weight checkpoint")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    workdir = Path(args.checkpoint_dir or tempfile.mkdtemp(prefix="llava_random_"))
+    if not (workdir / "config.json").exists():
+        start = time.perf_counter()
+        build_checkpoint(args.size, workdir)
+        print(f"built random {args.size} checkpoint in {time.perf_counter() - start:.0f} s: {workdir}", flush=True)
+    results = []
+    for mode in args.modes:
+        for batch_size in args.batch_sizes:
+            for checkpointing in (False, True):
+                try:
+                    r = run_config(workdir, qlora=mode == "qlora", batch_size=batch_size,
+                                   checkpointing=checkpointing, steps=args.steps)  # fmt: skip
+                except torch.OutOfMemoryError:
+                    r = {"mode": mode, "batch_size": batch_size, "activation_checkpointing": checkpointing,
+                         "error": "out of memory"}  # fmt: skip
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}"
+    summary = {"size": args.size, "device": device, "torch": torch.__version__, "results": results}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
