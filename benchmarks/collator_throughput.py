@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import date
 
@@ -115,6 +116,10 @@ def main() -> None:
     ours_trained = int((a["labels"] != IGNORE_INDEX).sum())
     trl_trained = int((b["labels"] != IGNORE_INDEX).sum())
     eos_added = int((a["labels"] == processor.tokenizer.eos_token_id).sum())
+    # Input ids differ (ours inserts </s>), so compare the trained tokens as multisets.
+    tokens = processor.tokenizer.convert_ids_to_tokens
+    ours_set = Counter(tokens(a["labels"][a["labels"] != IGNORE_INDEX].tolist()))
+    trl_set = Counter(tokens(b["labels"][b["labels"] != IGNORE_INDEX].tolist()))
 
     ours_rate, trl_rate = best["vlm_sft VisionSFTCollator"], best["TRL DataCollatorForVisionLanguageModeling"]
     result = {
@@ -125,7 +130,13 @@ def main() -> None:
         "samples_per_second": {k: round(v, 1) for k, v in best.items()},
         "ours_vs_trl": round(ours_rate / trl_rate, 2),
         "ours_vs_plain_processor": round(ours_rate / best["plain processor call"], 3),
-        "trained_tokens_first_batch": {"ours": ours_trained, "trl": trl_trained, "eos_added_by_ours": eos_added},
+        "trained_tokens_first_batch": {
+            "ours": ours_trained,
+            "trl": trl_trained,
+            "eos_added_by_ours": eos_added,
+            "only_ours": dict(ours_set - trl_set),
+            "only_trl": dict(trl_set - ours_set),
+        },
     }
     print("| collator | samples/s |\n|---|---|")
     for name, rate in best.items():
@@ -134,6 +145,7 @@ def main() -> None:
     print(f"\nours / TRL = {result['ours_vs_trl']}x; ours / plain processor call = {ratio_plain:.0%}")
     print(f"trained tokens, first batch: ours {ours_trained} (incl. {eos_added} </s> the template omits), ", end="")
     print(f"TRL {trl_trained}")
+    print(f"trained by ours only: {dict(ours_set - trl_set)}; by TRL only: {dict(trl_set - ours_set)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
