@@ -1,0 +1,327 @@
+"""The Hub: push an output directory with our model card; pull adapters by id or folder; merge into a 16-bit base.
+
+Push uploads what a user of the adapter needs (adapter, processor with chat template, card, loss plot, eval
+report) and nothing that only resumes training (checkpoints, optimizer states, `training_args.bin`) unless
+asked. The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`) or the recipe's
+`hub_token`, and is never written or logged.
+
+Pull takes a Hub id (with an optional revision) or a local folder everywhere an adapter is taken. A Hub id
+is fetched with `snapshot_download`, so `HF_HUB_OFFLINE=1` serves it from the HF cache.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm_sft.model_card import (
+    SUMMARY_FILE,
+    build_adapter_card,
+    build_merged_card,
+    is_hub_id,
+    resolve_base_model,
+)
+
+logger = logging.getLogger(__name__)
+
+# Top-level files uploaded by default (matched on the file name).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model*.safetensors", "adapter_model.safetensors.index.json")
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+PROCESSOR_DIRS = ("additional_chat_templates",)  # extra named chat templates saved by the processor
+REPORT_FILES = (
+    "README.md",
+    "loss.png",
+    "eval_report.json",
+    "eval_report.md",
+    "eval_report.png",
+    "trainable_parameters.json",
+    SUMMARY_FILE,
+)
+# What a pull never fetches: training state that an adapter repo may hold when a user pushed it on purpose.
+PULL_IGNORE = ["checkpoint-*", "runs/*", "*.pt", "*.pth", "training_args.bin"]
+MERGE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class PushRequest:
+    """Where and how to push; the token is kept out of repr so it never reaches a log line."""
+
+    repo_id: str
+    revision: str | None = None
+    private: bool | None = None
+    base_model: str | None = None
+    license: str | None = None
+    datasets: list[str] | None = None
+    description: str | None = None
+    include_checkpoints: bool = False
+    include: list[str] = field(default_factory=list)
+    token: str | None = field(default=None, repr=False)
+
+
+def select_upload_files(
+    output_dir: str | Path, *, include_checkpoints: bool = False, include: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Relative paths to upload: adapter, processor, card and reports; checkpoints and `include` globs if asked."""
+    out = Path(output_dir)
+    default = ADAPTER_FILES + PROCESSOR_FILES + REPORT_FILES
+    selected = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out).as_posix()
+        top = rel.split("/", 1)[0]
+        if "/" not in rel and any(fnmatch.fnmatch(rel, pattern) for pattern in default):
+            selected.append(rel)
+        elif top in PROCESSOR_DIRS and path.parent.name == top:
+            selected.append(rel)
+        elif include_checkpoints and fnmatch.fnmatch(top, "checkpoint-*") and "/" in rel:
+            selected.append(rel)
+        elif any(fnmatch.fnmatch(rel, pattern) for pattern in include):
+            selected.append(rel)
+    if not any(fnmatch.fnmatch(rel, "adapter_model*.safetensors") for rel in selected):
+        raise FileNotFoundError(f"No adapter_model*.safetensors in {out}: is it the output_dir of a LoRA run?")
+    return selected
+
+
+def _stage(output_dir: Path, files: list[str], staging: Path, base_model: str | None) -> None:
+    """Link (or copy) the files to upload into `staging`; the uploaded JSON files name the base by Hub id.
+
+    PEFT records the path the base was loaded from; a local folder there makes `AutoPeftModel` and the
+    Hub's model tree fail for everyone else (and tells them about this machine's folders), so the
+    uploaded copies get the card's Hub id. The local folder keeps its own, which works here.
+    """
+    for rel in files:
+        src, dst = output_dir / rel, staging / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if rel in ("adapter_config.json", SUMMARY_FILE) and base_model:
+            config = json.loads(src.read_text())
+            old = config.get("base_model_name_or_path")
+            if old != base_model:
+                logger.info("The uploaded %s names the base %s (locally: %s).", rel, base_model, old)
+                config["base_model_name_or_path"] = base_model
+            dst.write_text(json.dumps(config, indent=2) + "\n")
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+
+
+def push_output_dir(output_dir: str | Path, request: PushRequest, commit_message: str | None = None) -> str:
+    """Refresh the card, create the repo (and branch), upload the selected files in one commit; return its URL."""
+    from huggingface_hub import HfApi
+
+    out = Path(output_dir)
+    files = select_upload_files(out, include_checkpoints=request.include_checkpoints, include=request.include)
+    card_args = {
+        "base_model": request.base_model,
+        "license": request.license,
+        "datasets": request.datasets,
+        "description": request.description,
+    }
+    # Build the card before touching the Hub: a local base_model path is refused here, not by the Hub.
+    build_adapter_card(out, repo_id=request.repo_id, **card_args)
+    api = HfApi(token=request.token)
+    repo_id = api.create_repo(request.repo_id, private=request.private, exist_ok=True).repo_id
+    if request.revision and request.revision != "main":
+        api.create_branch(repo_id, branch=request.revision, exist_ok=True)
+    card = build_adapter_card(out, repo_id=repo_id, **card_args)  # the snippet loads the repo by its full id
+    card.save(out / "README.md")  # refreshed on push, so the folder and the repo agree
+    if card.data.license is None:
+        logger.warning("The card has no license: pass --license (the base model's card has none we can read).")
+    base_model = card.data.base_model
+    with tempfile.TemporaryDirectory(prefix="vlm-sft-push-") as tmp:
+        _stage(out, files, Path(tmp), base_model)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            revision=request.revision,
+            commit_message=commit_message or "Upload adapter with vlm-sft",
+        )
+    logger.info("Pushed %d files to %s", len(files), info.commit_url)
+    return info.commit_url
+
+
+def take_over_push(training_args: Any, model_args: Any, vision: Any) -> PushRequest | None:
+    """Turn the Trainer's own pushing off (it uploads TRL's text-model card) and return ours, for the end of training.
+
+    Also checks now, before training, what would otherwise fail after it: the card needs the base's Hub id.
+    The recipe's hub_token moves out of the arguments, so `training_args.bin` cannot carry it.
+    """
+    if not training_args.push_to_hub:
+        return None
+    resolve_base_model(
+        None,
+        {"hub_base_model_id": vision.hub_base_model_id, "base_model_name_or_path": model_args.model_name_or_path},
+        required=True,
+    )
+    strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
+    if strategy not in ("end", "every_save"):
+        logger.warning("hub_strategy=%s: only the final adapter is pushed; checkpoints are kept locally.", strategy)
+    request = PushRequest(
+        repo_id=training_args.hub_model_id or Path(training_args.output_dir).absolute().name,
+        revision=training_args.hub_revision,
+        private=training_args.hub_private_repo,
+        base_model=vision.hub_base_model_id,
+        token=training_args.hub_token,
+    )
+    training_args.push_to_hub = False
+    training_args.hub_token = None
+    return request
+
+
+def push_after_training(output_dir: str | Path, request: PushRequest) -> str:
+    """The end-of-training push; on failure, say how to retry: the adapter is saved either way."""
+    try:
+        return push_output_dir(output_dir, request, commit_message="End of training")
+    except Exception:
+        logger.error(
+            "Push to %s failed; the adapter is saved in %s. Retry with: vlm-sft push %s %s",
+            request.repo_id,
+            output_dir,
+            output_dir,
+            request.repo_id,
+        )
+        raise
+
+
+def resolve_adapter(adapter: str | Path, revision: str | None = None) -> Path:
+    """A local adapter folder, or the HF-cache snapshot of a Hub id at `revision` (offline: from the cache only)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        if revision:
+            raise ValueError(f"--revision is for Hub ids; {adapter} is a local folder.")
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"No adapter_config.json in {path}: is it an adapter folder?")
+        return path
+    if not is_hub_id(str(adapter)):
+        raise FileNotFoundError(f"{str(adapter)!r} is neither a local folder nor a Hub id (namespace/name).")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        local = snapshot_download(str(adapter), revision=revision, ignore_patterns=PULL_IGNORE)
+    except LocalEntryNotFoundError as err:
+        at = f" at revision {revision!r}" if revision else ""
+        raise FileNotFoundError(
+            f"Adapter {adapter}{at} is not in the HF cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached"
+            f"{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. Pull it once online, or point "
+            "HF_HOME / HF_HUB_CACHE at the cache that has it."
+        ) from err
+    if not Path(local, "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} has no adapter_config.json: is it an adapter repo?")
+    return Path(local)
+
+
+def _base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
+    """The base model to load (explicit, else the one the adapter names) and its revision when known."""
+    if base:
+        return base, None
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    name = config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base model: pass --base.")
+    summary_path = adapter_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    revision = summary.get("base_model_revision") if summary.get("base_model_name_or_path") == name else None
+    if not is_hub_id(name) and not Path(name).exists():
+        raise FileNotFoundError(
+            f"The adapter was trained on the local base {name!r}, which is not here: pass --base PATH_OR_HUB_ID."
+        )
+    return name, revision
+
+
+def load_base_model(base: str, revision: str | None = None, dtype: str = "auto", device_map: str | None = None) -> Any:
+    """The base model in 16/32-bit (never quantized): what inference and merging start from."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base, revision=revision)
+    if getattr(config, "quantization_config", None):
+        raise ValueError(
+            f"{base} is a pre-quantized checkpoint ({config.quantization_config.get('quant_method', 'quantized')}). "
+            "Load the adapter onto the 16-bit original instead (--base <its Hub id>): merging into quantized "
+            "weights degrades the model."
+        )
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    return AutoModelForImageTextToText.from_pretrained(
+        base, revision=revision, dtype=torch_dtype, device_map=device_map
+    )
+
+
+def load_adapter_model(
+    adapter: str | Path,
+    *,
+    revision: str | None = None,
+    base: str | None = None,
+    dtype: str = "auto",
+    device_map: str | None = None,
+) -> tuple[Any, Any, Path]:
+    """(base + adapter in eval mode, the adapter's processor, the adapter's local folder)."""
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    adapter_dir = resolve_adapter(adapter, revision)
+    base_name, base_revision = _base_of(adapter_dir, base)
+    model = PeftModel.from_pretrained(load_base_model(base_name, base_revision, dtype, device_map), adapter_dir)
+    model.eval()
+    processor = AutoProcessor.from_pretrained(adapter_dir)  # the run's processor and chat template
+    return model, processor, adapter_dir
+
+
+def merge_adapter(
+    adapter: str | Path,
+    out_dir: str | Path,
+    *,
+    revision: str | None = None,
+    base: str | None = None,
+    base_model_id: str | None = None,
+    dtype: str = "bfloat16",
+) -> Path:
+    """Merge the adapter into its base loaded in `dtype` (16-bit, never 4-bit); save model, processor and card."""
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    if dtype not in MERGE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(MERGE_DTYPES)} (never a quantized base); got {dtype!r}.")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: merge into a new folder.")
+    adapter_dir = resolve_adapter(adapter, revision)
+    base_name, base_revision = _base_of(adapter_dir, base)
+    model = PeftModel.from_pretrained(load_base_model(base_name, base_revision, dtype), adapter_dir)
+    merged = model.merge_and_unload()  # W + (alpha / r) * B @ A, and the fully trained projector swapped in
+    merged.save_pretrained(out)
+    AutoProcessor.from_pretrained(adapter_dir).save_pretrained(out)  # processor + chat template travel along
+    card = build_merged_card(
+        adapter_dir,
+        adapter_ref=str(adapter),
+        revision=revision,
+        base_model=base_model_id or (base_name if is_hub_id(base_name) else None),
+        dtype=dtype,
+        out_ref=str(out),
+    )
+    card.save(out / "README.md")
+    logger.info("Merged %s into %s (%s): %s", adapter, base_name, dtype, out)
+    return out
