@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 # Nothing in the suite may reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Sample-length caches (vlm_sft.lengths) go to a throwaway folder, not the user's ~/.cache/vlm_sft.
+os.environ.setdefault("VLM_SFT_CACHE", tempfile.mkdtemp(prefix="vlm_sft_test_cache_"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from vlm_sft.config import VisionArguments
@@ -126,10 +127,11 @@ def load_model(
     parts = components_for(config)
     quant = quantization_config(model_args, parts)
     device_map = None
-    if quant is not None and torch.cuda.is_available():
+    if quant is not None and torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
         from accelerate import PartialState
 
-        # k-bit weights cannot be moved after loading: each process loads onto its own GPU.
+        # k-bit weights cannot be moved after loading: each process loads onto its own GPU. Under ZeRO-3
+        # transformers refuses any device_map; its bitsandbytes quantizer then picks the current GPU itself.
         device_map = {"": PartialState().local_process_index}
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
