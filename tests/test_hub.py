@@ -225,7 +225,9 @@ def test_take_over_push_turns_trainer_push_off_and_checks_base_first(tmp_path):
     assert RECIPE_TOKEN not in repr(request)
     with pytest.raises(BaseModelIdError, match="hub_base_model_id"):  # before any training happens
         take_over_push(args(), ModelConfig(model_name_or_path=".cache/tiny"), VisionArguments())
-    assert take_over_push(SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"), None, None) is None
+    no_push = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", hub_token=RECIPE_TOKEN)
+    assert take_over_push(no_push, None, None) is None
+    assert no_push.hub_token is None, "a recipe's token never reaches training_args.bin, pushing or not"
 
 
 def test_train_pushes_our_card_once_and_no_training_state(trained, hub, tiny_llava):

@@ -169,6 +169,7 @@ def take_over_push(training_args: Any, model_args: Any, vision: Any) -> PushRequ
     Also checks now, before training, what would otherwise fail after it: the card needs the base's Hub id.
     The recipe's hub_token moves out of the arguments, so `training_args.bin` cannot carry it.
     """
+    token, training_args.hub_token = training_args.hub_token, None  # never pickled into training_args.bin
     if not training_args.push_to_hub:
         return None
     resolve_base_model(
@@ -184,10 +185,9 @@ def take_over_push(training_args: Any, model_args: Any, vision: Any) -> PushRequ
         revision=training_args.hub_revision,
         private=training_args.hub_private_repo,
         base_model=vision.hub_base_model_id,
-        token=training_args.hub_token,
+        token=token,
     )
     training_args.push_to_hub = False
-    training_args.hub_token = None
     return request
 
 
