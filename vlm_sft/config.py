@@ -27,8 +27,6 @@ class VisionArguments:
             `error` (stop and name it) or `drop` (skip it, log and count). Never truncated.
         train_on: `all_assistant_turns` or `last_assistant_turn`.
         hub_base_model_id: The base model's Hub id for the model card when `model_name_or_path` is a local folder.
-        eval_generation: After training, answer the eval set by generation with base and adapter and score it.
-        eval_max_new_tokens: Generation budget for that evaluation.
         overwrite_output_dir: Replace a previous run's results in `output_dir` (its checkpoint-N folders and
             adapter are deleted first, so none is resumed by mistake). Off: such an `output_dir` is refused.
             (transformers 5 dropped its own `overwrite_output_dir`.)
@@ -49,8 +47,6 @@ class VisionArguments:
         default="all_assistant_turns", metadata={"help": "all_assistant_turns | last_assistant_turn"}
     )
     hub_base_model_id: str | None = field(default=None, metadata={"help": "Base model Hub id for the model card."})
-    eval_generation: bool = field(default=False, metadata={"help": "Score base vs adapter by generation at the end."})
-    eval_max_new_tokens: int = field(default=16, metadata={"help": "max_new_tokens for that evaluation."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace a previous run's results in output_dir (else it is refused)."},

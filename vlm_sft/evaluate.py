@@ -1,28 +1,44 @@
-"""Honest evaluation: answer held-out questions by generation with the base model and with an adapter, and score.
+"""Honest evaluation: answer held-out questions by generation with the base model and with adapters, and score.
 
-Batched greedy generation with left padding; the prompt is the conversation up to its last
-assistant reply, rendered with the generation prompt; the reference is that reply.
+Batched generation with left padding (greedy unless asked to sample); the prompt is the conversation up
+to its last assistant reply, rendered with the generation prompt; the reference is that reply. Scores
+come from `vlm_sft.metrics`; the report is written as eval_report.json / .md / .png.
+
+    vlm-sft eval outputs/quickstart --eval-file .cache/digits/eval.json --image-dir .cache/digits/images
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
-import re
-import string
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlm_sft.collator import _clean_messages, _reply_text
+from vlm_sft.metrics import HEADLINE, headline_value, normalize, score
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "AdapterSpec",
+    "EvalSet",
+    "evaluate_models",
+    "exact_match_accuracy",
+    "format_table",
+    "generate_answers",
+    "load_eval_set",
+    "normalize",
+    "split_prompt",
+    "write_report",
+]
 
-def normalize(text: str) -> str:
-    """Case, surrounding whitespace and trailing punctuation do not count."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    return text.rstrip(string.punctuation + " ")
+REPORT_FILES = ("eval_report.json", "eval_report.md", "eval_report.png")
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
@@ -34,12 +50,25 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
 
 @torch.no_grad()
 def generate_answers(
-    model: Any, processor: Any, rows: Iterable[dict], *, batch_size: int = 16, max_new_tokens: int = 16
+    model: Any,
+    processor: Any,
+    rows: Iterable[dict],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    desc: str | None = None,
 ) -> list[str]:
-    """Greedy answers to each row's last question."""
+    """Answers to each row's last question (greedy by default); `desc` shows a progress bar with that label."""
+    from tqdm.auto import tqdm
+
     model.eval()
     rows = list(rows)
     answers: list[str] = []
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    bar = tqdm(total=len(rows), desc=desc, unit="answer", disable=desc is None)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         prompts = [split_prompt(r["messages"])[0] for r in batch]
@@ -57,11 +86,14 @@ def generate_answers(
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            do_sample=do_sample,
             pad_token_id=processor.tokenizer.pad_token_id,
+            **sampling,
         )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         answers.extend(t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True))
+        bar.update(len(batch))
+    bar.close()
     return answers
 
 
@@ -70,3 +102,354 @@ def exact_match_accuracy(predictions: list[str], references: list[str]) -> float
     if not references:
         return 0.0
     return sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class AdapterSpec:
+    """An adapter to evaluate: a local folder or a Hub id (with an optional revision), shown as `name`."""
+
+    path: str
+    revision: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or Path(self.path.rstrip("/")).name or self.path
+
+    @classmethod
+    def parse(cls, spec: str) -> AdapterSpec:
+        """`[NAME=]FOLDER_OR_HUB_ID[@REVISION]`, e.g. `outputs/qs`, `tuned=me/llava-lora@v2`."""
+        name = ""
+        if "=" in spec and "/" not in spec.split("=", 1)[0]:
+            name, spec = spec.split("=", 1)
+        revision = None
+        if "@" in spec and not Path(spec).exists():  # a folder whose name holds "@" stays a folder
+            spec, revision = spec.rsplit("@", 1)
+        return cls(spec, revision or None, name)
+
+
+@dataclass
+class EvalSet:
+    """Held-out rows with what the report shows about each: reference reply, question and image names."""
+
+    path: str
+    rows: list[dict]
+    references: list[str]
+    questions: list[str]
+    image_names: list[list[str]] = field(default_factory=list)
+
+
+def _image_names(ds: Any, n: int) -> list[list[str]]:
+    """File names of each row's images, read without decoding them ("<embedded>" for images stored as bytes)."""
+    raw = ds.select(range(n)).with_format("arrow")[:]["images"].to_pylist()
+    return [[Path(img["path"]).name if img.get("path") else "<embedded>" for img in row or []] for row in raw]
+
+
+def load_eval_set(
+    path: str | Path,
+    image_dir: str | Path | None = None,
+    *,
+    data_format: str = "auto",
+    split: str | tuple[str, ...] | None = None,
+    limit: int | None = None,
+    system_prompt: str | None = None,
+) -> EvalSet:
+    """An eval set in any format `vlm_sft.data` reads (validated the same way as training data)."""
+    from vlm_sft.data import EVAL_SPLITS, load_conversations
+
+    ds = load_conversations(
+        path, image_dir, system_prompt, data_format=data_format, split=split or EVAL_SPLITS + ("train",)
+    )
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rows = [ds[i] for i in range(n)]
+    references, questions = [], []
+    for row in rows:
+        prompt, reference = split_prompt(row["messages"])
+        references.append(reference)
+        questions.append(_reply_text(prompt[-1]).strip() if prompt else "")
+    return EvalSet(str(path), rows, references, questions, _image_names(ds, n))
+
+
+def base_model_of(adapter: AdapterSpec) -> str:
+    """The base model an adapter was trained on (`base_model_name_or_path` in its adapter_config.json)."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(adapter.path, revision=adapter.revision)
+    if not config.base_model_name_or_path:
+        raise ValueError(f"{adapter.path}: adapter_config.json names no base model; pass it with --base.")
+    return config.base_model_name_or_path
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":  # bf16 where it is fast; fp32 on CPU, where bf16 matmuls are slow or emulated
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    return device, getattr(torch, dtype)
+
+
+def _load_processor(path: str, revision: str | None) -> Any | None:
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, revision=revision)
+    except (OSError, ValueError):  # an adapter saved without its processor
+        return None
+
+
+def _with_template(processor: Any | None) -> Any | None:
+    return processor if getattr(processor, "chat_template", None) else None
+
+
+def _load(base: str, base_revision: str | None, adapter: AdapterSpec | None, device: str, dtype: torch.dtype):
+    """A fresh base model, with the adapter on top when given.
+
+    Fresh for every adapter because PEFT's `unload()` keeps the trained copy of `modules_to_save` (our
+    projector): reusing one base across adapters would evaluate later ones on an already-tuned projector.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(base, revision=base_revision, dtype=dtype).to(device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter.path, revision=adapter.revision)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_models(
+    eval_set: EvalSet,
+    adapters: Sequence[AdapterSpec],
+    *,
+    base: str | None = None,
+    base_revision: str | None = None,
+    include_base: bool = True,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    tolerance: float = 0.0,
+    worst: int = 10,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Generate with the base model and each adapter, score every answer; the report as a dict (see write_report)."""
+    if not adapters and not include_base:
+        raise ValueError("Nothing to evaluate: give at least one adapter, or keep the base model in.")
+    if base is None:
+        if not adapters:
+            raise ValueError("Give the base model (--base) when evaluating no adapter.")
+        base = base_model_of(adapters[0])
+    for adapter in adapters:
+        try:
+            trained_on = base_model_of(adapter)
+        except (OSError, ValueError):
+            continue  # loading the adapter below says what is wrong with it
+        if trained_on != base:  # legitimate (a local copy of a Hub model), but worth a look
+            logger.warning("%s was trained on %s; evaluating it on %s.", adapter.name, trained_on, base)
+    names = [a.name for a in adapters]
+    if len(set(names)) != len(names) or "base" in names:
+        raise ValueError(f"Adapter names must be unique and not 'base'; got {names}. Name them: NAME=PATH.")
+    torch_device, torch_dtype = _device_and_dtype(device, dtype)
+    # Each adapter's own processor (saved with it) when it has a chat template; the base's otherwise. A base
+    # without a chat template (a pretrained, not chat-tuned, model) is prompted with the adapter's.
+    own = {a.name: _with_template(_load_processor(a.path, a.revision)) for a in adapters}
+    base_processor = _with_template(_load_processor(base, base_revision)) or next(filter(None, own.values()), None)
+    generation = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
+        "seed": seed,
+    }
+    todo: list[tuple[str, AdapterSpec | None]] = ([("base", None)] if include_base else []) + [
+        (a.name, a) for a in adapters
+    ]
+    models, answers = [], {}
+    for name, adapter in todo:
+        processor = own.get(name) or base_processor
+        if processor is None:
+            raise ValueError(f"No processor with a chat template for {name!r} (looked in the adapter and in {base}).")
+        model = _load(base, base_revision, adapter, torch_device, torch_dtype)
+        torch.manual_seed(seed)  # only matters when sampling; greedy decoding is deterministic
+        start = time.perf_counter()
+        answers[name] = generate_answers(
+            model,
+            processor,
+            eval_set.rows,
+            desc=name if progress else None,
+            **{k: v for k, v in generation.items() if k != "seed"},
+        )
+        seconds = time.perf_counter() - start
+        summary, per_example = score(answers[name], eval_set.references, tolerance=tolerance)
+        models.append(
+            {
+                "name": name,
+                "kind": "adapter" if adapter else "base",
+                "path": adapter.path if adapter else base,
+                "revision": adapter.revision if adapter else base_revision,
+                "generation_seconds": round(seconds, 2),
+                "metrics": summary,
+                "per_example": per_example,
+            }
+        )
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return _assemble(eval_set, base, base_revision, generation, tolerance, models, answers, worst)
+
+
+def _assemble(
+    eval_set: EvalSet,
+    base: str,
+    base_revision: str | None,
+    generation: dict,
+    tolerance: float,
+    models: list[dict],
+    answers: dict[str, list[str]],
+    worst: int,
+) -> dict:
+    """Per-example rows (question, images, reference, every model's answer and score) and the worst lists."""
+    examples = []
+    for i, reference in enumerate(eval_set.references):
+        examples.append(
+            {
+                "index": i,
+                "images": eval_set.image_names[i] if eval_set.image_names else [],
+                "question": eval_set.questions[i],
+                "reference": reference,
+                "kind": models[0]["per_example"][i]["kind"],
+                "answers": {m["name"]: answers[m["name"]][i] for m in models},
+                "scores": {m["name"]: m["per_example"][i] for m in models},
+            }
+        )
+    for m in models:
+        del m["per_example"]  # kept once, per example, above
+    return {
+        "eval_file": eval_set.path,
+        "n": len(examples),
+        "base_model": base,
+        "base_revision": base_revision,
+        "generation": generation,
+        "numeric_tolerance": tolerance,
+        "models": models,
+        "worst": {m["name"]: worst_examples(examples, m["name"], worst) for m in models if m["kind"] == "adapter"},
+        "examples": examples,
+    }
+
+
+def worst_examples(examples: list[dict], name: str, k: int) -> list[int]:
+    """Indices of the k examples `name` scores lowest on; among equals, those where it fell furthest below base."""
+
+    def key(e: dict) -> tuple[float, float, int]:
+        own = e["scores"][name]["score"]
+        base = e["scores"]["base"]["score"] if "base" in e["scores"] else own
+        return own, own - base, e["index"]
+
+    return [e["index"] for e in sorted(examples, key=key)[:k]]
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, label: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if "MAE" in label else f"{value:.3f}"
+
+
+def table_rows(report: dict) -> list[tuple[str, list[float | None]]]:
+    """(metric label, one value per model) for every headline metric some model has, then per JSON field."""
+    summaries = [m["metrics"] for m in report["models"]]
+    rows = []
+    for label, path, _ in HEADLINE:
+        values = [headline_value(s, path) for s in summaries]
+        if any(v is not None for v in values):
+            rows.append((label, values))
+    fields = sorted({k for s in summaries if s["json"] for k in s["json"]["per_field"]})
+    for key in fields:
+        rows.append((f"JSON field `{key}`", [(s["json"] or {}).get("per_field", {}).get(key) for s in summaries]))
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """Markdown table: one row per metric, base and each adapter side by side, with each adapter's change."""
+    models = report["models"]
+    has_base = models[0]["kind"] == "base"
+    header = ["metric"]
+    for i, m in enumerate(models):
+        header.append(f"{m['name']}")
+        if has_base and i > 0:
+            header.append("Δ vs base")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for label, values in table_rows(report):
+        cells = [label]
+        for i, v in enumerate(values):
+            cells.append(_fmt(v, label))
+            if has_base and i > 0:
+                base_v = values[0]
+                cells.append("-" if v is None or base_v is None else f"{v - base_v:+.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    """A table cell: one line, pipes escaped, long answers cut (the JSON report has them in full)."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_markdown(report: dict) -> str:
+    """eval_report.md: what was evaluated, the side-by-side table, then each adapter's worst examples."""
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["models"][0]["metrics"]["kinds"].items()))
+    gen = report["generation"]
+    decoding = "greedy" if not gen["do_sample"] else f"sampling (T={gen['temperature']}, top_p={gen['top_p']})"
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- eval set: `{report['eval_file']}` ({report['n']} examples: {kinds})",
+        f"- base model: `{report['base_model']}`"
+        + (f" @ {report['base_revision']}" if report["base_revision"] else ""),
+        f"- generation: {decoding}, max_new_tokens={gen['max_new_tokens']}, batch size {gen['batch_size']}",
+    ]
+    for m in report["models"]:
+        if m["kind"] == "adapter":
+            rev = f" @ {m['revision']}" if m["revision"] else ""
+            lines.append(f"- adapter `{m['name']}`: `{m['path']}`{rev}")
+    lines += ["", format_table(report), ""]
+    by_index = {e["index"]: e for e in report["examples"]}
+    for name, indices in report["worst"].items():
+        has_base = "base" in by_index[indices[0]]["answers"] if indices else False
+        lines += [f"## Worst examples: {name}", ""]
+        header = ["#", "image", "question", "reference"] + (["base"] if has_base else []) + [name, "score"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        for i in indices:
+            e = by_index[i]
+            cells = [str(i), ", ".join(e["images"]) or "-", _cell(e["question"], 60), _cell(e["reference"])]
+            cells += [_cell(e["answers"]["base"])] if has_base else []
+            cells += [_cell(e["answers"][name]), f"{e['scores'][name]['score']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write eval_report.json, eval_report.md and eval_report.png into out_dir; returns their paths."""
+    from vlm_sft.plots import plot_eval_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name.rsplit(".", 1)[1]: out / name for name in REPORT_FILES}
+    paths["json"].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    paths["md"].write_text(format_markdown(report))
+    plot_eval_report(report, paths["png"])
+    return paths

@@ -2,7 +2,8 @@
 
 `make quickstart` runs `prepare` (tiny LLaVA model + digits data into .cache/), then the real
 training command `accelerate launch scripts/sft_vlm.py recipes/quickstart.yaml`, then `report`,
-which scores base and fine-tuned model on the held-out digits by generation and prints one line:
+which scores base and fine-tuned model on the held-out digits by generation (the code of `vlm-sft eval`;
+the full report lands in outputs/quickstart/eval/), prints the side-by-side table and then one line:
 
     quickstart: base_accuracy=0.09 finetuned_accuracy=0.93 train_seconds=41
 """
@@ -46,27 +47,28 @@ def _train_seconds(output_dir: Path) -> float:
 
 
 def report(recipe: dict, limit: int | None, batch_size: int) -> str:
-    """Score base and adapter on the held-out digits by generation; return the one-line summary."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """Score base and adapter on the held-out digits with `vlm-sft eval`'s code; return the one-line summary.
 
-    from vlm_sft.data import load_conversations
-    from vlm_sft.evaluate import exact_match_accuracy, generate_answers, split_prompt
+    The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
+    """
+    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
 
-    torch.manual_seed(0)
     output_dir = Path(recipe["output_dir"])
-    eval_ds = load_conversations(recipe["eval_file"], recipe.get("image_dir"))
-    rows = [eval_ds[i] for i in range(len(eval_ds) if limit is None else min(limit, len(eval_ds)))]
-    references = [split_prompt(r["messages"])[1] for r in rows]
-    processor = AutoProcessor.from_pretrained(output_dir)  # the processor saved with the adapter
-    model = AutoModelForImageTextToText.from_pretrained(recipe["model_name_or_path"])
-    base = generate_answers(model, processor, rows, batch_size=batch_size, max_new_tokens=4)
-    model = PeftModel.from_pretrained(model, output_dir)
-    tuned = generate_answers(model, processor, rows, batch_size=batch_size, max_new_tokens=4)
+    eval_set = load_eval_set(recipe["eval_file"], recipe.get("image_dir"), limit=limit)
+    result = evaluate_models(
+        eval_set,
+        [AdapterSpec(str(output_dir), name="fine-tuned")],
+        base=recipe["model_name_or_path"],
+        batch_size=batch_size,
+        max_new_tokens=4,  # a digit and end of turn; more only lets the untrained base ramble
+        progress=False,
+    )
+    write_report(result, output_dir / "eval")
+    print(format_table(result))
+    accuracy = {m["name"]: m["metrics"]["exact_match"] for m in result["models"]}
     return (
-        f"quickstart: base_accuracy={exact_match_accuracy(base, references):.2f} "
-        f"finetuned_accuracy={exact_match_accuracy(tuned, references):.2f} "
+        f"quickstart: base_accuracy={accuracy['base']:.2f} "
+        f"finetuned_accuracy={accuracy['fine-tuned']:.2f} "
         f"train_seconds={_train_seconds(output_dir):.0f}"
     )
 

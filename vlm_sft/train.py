@@ -6,13 +6,29 @@ import logging
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import AutoProcessor, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
+from vlm_sft.checkpoints import (
+    CheckpointError,
+    CheckpointManifestCallback,
+    OutputDirError,
+    check_output_dir,
+    clear_run_results,
+    remove_incomplete_after,
+    resolve_resume,
+    resume_requested,
+)
 from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
 from vlm_sft.config import VisionArguments
 from vlm_sft.data import DataError, load_splits
+from vlm_sft.distributed import EngineError, check_process_group, check_quantization, detect_engine, unify_float_dtype
+from vlm_sft.hub import push_after_training, take_over_push
+from vlm_sft.lengths import prepare_length_grouping, sample_lengths, store_lengths
 from vlm_sft.model import apply_lora, load_model
+from vlm_sft.model_card import write_training_card
+from vlm_sft.plots import write_loss_plot
 from vlm_sft.report import adapter_size_mb, format_table, trainable_parameters, write_report
 
 logger = logging.getLogger(__name__)
@@ -32,14 +48,11 @@ def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
     return parser.parse_args_and_config(argv)
 
 
-def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str, batch_size: int = 32):
+def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
     """Apply the too_long policy to a whole split before training, so no step fails or silently drops."""
     if dataset is None or collator.max_length is None:
         return dataset
-    lengths: list[int] = []
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        lengths.extend(collator.sample_lengths(rows))
+    lengths = sample_lengths(dataset, collator)  # computed once, cached; length grouping reuses them
     too_long = [i for i, n in enumerate(lengths) if n > collator.max_length]
     if not too_long:
         return dataset
@@ -52,7 +65,9 @@ def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str, batch_s
         )
     logger.warning("Dropping %d of %d %s samples over max_length: %s", len(too_long), len(dataset), name, listed)
     keep = sorted(set(range(len(dataset))) - set(too_long))
-    return dataset.select(keep)
+    kept = dataset.select(keep)
+    store_lengths(kept, collator, [lengths[i] for i in keep])
+    return kept
 
 
 def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments):
@@ -77,6 +92,25 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         logger.warning("No eval set (eval_file / eval_fraction): turning eval_strategy off.")
         training_args.eval_strategy = "no"
 
+    # ---- Launch, resume and output_dir checks: all refusals come before anything is written.
+    check_process_group(training_args)  # N launched processes that would each train alone
+    engine = detect_engine(training_args)
+    check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    stale = check_output_dir(
+        training_args.output_dir,
+        overwrite=vision.overwrite_output_dir,
+        resuming=resume_requested(training_args.resume_from_checkpoint),
+    )
+    state = PartialState()
+    state.wait_for_everyone()  # every rank has looked before the main process deletes anything
+    if state.is_main_process:
+        clear_run_results(stale)
+        if resume_requested(training_args.resume_from_checkpoint):
+            remove_incomplete_after(training_args.output_dir, resume_from)
+    state.wait_for_everyone()
+    train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
+
     # ---- Model: base (16-bit or 4/8-bit), vision tower frozen, LoRA on the language model, projector trained.
     model, parts = load_model(
         model_args,
@@ -84,10 +118,13 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         gradient_checkpointing=training_args.activation_checkpointing,
     )
     model = apply_lora(model, parts, model_args, vision)
+    if engine.shards_weights and model_args.dtype not in (None, "auto"):
+        unify_float_dtype(model, model_args.dtype)  # FSDP / ZeRO-3 need one dtype (vlm_sft.distributed)
     report = trainable_parameters(model, parts)
     logger.info("Trainable parameters:\n%s", format_table(report))
 
-    # ---- Train.
+    # ---- Train. The Trainer's own push would upload TRL's text-model card and checkpoints: ours runs at the end.
+    hub_push = take_over_push(training_args, model_args, vision)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -95,13 +132,17 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         eval_dataset=eval_ds,
         data_collator=collator,
         processing_class=processor,
+        callbacks=[CheckpointManifestCallback()],  # marks each checkpoint complete once every rank has written
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_from)
 
     # ---- Save: adapter + processor (chat template included) + report + log, from the main process.
     out = Path(training_args.output_dir)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final adapter is gathered into one file (PEFT docs)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the full training log (log_history)
+    write_loss_plot(trainer, out)  # loss.png: training (and eval) loss against steps, main process only
     trainer.log_metrics("train", trainer.state.log_history[-1])
     if trainer.is_world_process_zero():
         processor.save_pretrained(out)
@@ -110,6 +151,15 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         print(f"adapter: {adapter_size_mb(out):.2f} MB in {out}")
         if collator.dropped:
             print(f"dropped {collator.dropped} samples over max_length during training")
+
+    # ---- Model card (after saving: PEFT and TRL each write their own README.md) and push, main process only.
+    if trainer.is_world_process_zero():
+        num_eval = len(eval_ds) if eval_ds is not None else None
+        write_training_card(
+            out, script_args, training_args, model_args, vision, num_train=len(train_ds), num_eval=num_eval
+        )
+        if hub_push is not None:
+            print(f"pushed: {push_after_training(out, hub_push)}")
     return out
 
 
@@ -119,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     script_args, training_args, model_args, vision = parse_recipe(argv)
     try:
         train(script_args, training_args, model_args, vision)
-    except (DataError, SampleTooLongError) as err:
+    except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,15 @@
+"""The lesson's LoRA exercise: r in {4, 16, 64} x targets {q, v} / {q, k, v, o}, one training run each.
+
+    vlm-sft quickstart prepare          # the tiny model and digits the default base recipe trains on
+    python scripts/sweep_lora.py recipes/sweeps/lora_rank_targets.yaml
+    python scripts/sweep_lora.py recipes/sweeps/lora_rank_targets.yaml --set num_train_epochs=1 --only r4-qv,r64-qv
+
+Writes sweep.png, sweep.md and sweep.json into the sweep's output_dir. All logic lives in `vlm_sft.sweep`.
+"""
+
+import sys
+
+from vlm_sft.sweep import main
+
+if __name__ == "__main__":
+    sys.exit(main())

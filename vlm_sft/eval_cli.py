@@ -1,0 +1,106 @@
+"""`vlm-sft eval [ADAPTER ...] --eval-file FILE`: base model vs each adapter, by generation, on held-out data.
+
+    vlm-sft eval outputs/quickstart --eval-file .cache/digits/eval.json --image-dir .cache/digits/images
+    vlm-sft eval --recipe recipes/quickstart.yaml            # base, adapter and eval set from the recipe
+    vlm-sft eval r16=outputs/r16 me/llava-lora@v2 --base llava-hf/llava-1.5-7b-hf --eval-file eval.json
+
+Writes eval_report.json / .md / .png into --out and prints the side-by-side table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "adapters", nargs="*", metavar="ADAPTER", help="[NAME=]FOLDER_OR_HUB_ID[@REVISION], one or more"
+    )
+    parser.add_argument("--recipe", help="take base model, eval set, image_dir and adapter (output_dir) from a recipe")
+    parser.add_argument("--base", help="base model folder or Hub id (default: the adapter's base_model_name_or_path)")
+    parser.add_argument("--base-revision", help="revision of a Hub base model")
+    parser.add_argument("--no-base", action="store_true", help="evaluate the adapters only")
+    parser.add_argument("--eval-file", help="held-out conversations: LLaVA / messages JSON(L), a save_to_disk folder")
+    parser.add_argument("--image-dir", help="folder that image paths are relative to (default: the file's folder)")
+    parser.add_argument("--data-format", default="auto", choices=["auto", "llava", "messages"])
+    parser.add_argument("--split", help="split of a DatasetDict (default: validation, test, eval, then train)")
+    parser.add_argument("--system-prompt", help="system message for conversations without one (as in training)")
+    parser.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    parser.add_argument("--out", help="report folder (default: <recipe output_dir>/eval, else eval_report)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--numeric-tolerance", type=float, default=0.0, help="absolute error still counted right")
+    parser.add_argument("--worst", type=int, default=10, help="worst examples listed per adapter")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def _from_recipe(args: argparse.Namespace) -> None:
+    """Fill what the command line left out from the recipe: base, eval set, image_dir, adapter, out."""
+    import yaml
+
+    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    args.base = args.base or recipe.get("model_name_or_path")
+    args.base_revision = args.base_revision or recipe.get("model_revision")
+    args.eval_file = args.eval_file or recipe.get("eval_file")
+    args.image_dir = args.image_dir or recipe.get("image_dir")
+    args.system_prompt = args.system_prompt or recipe.get("system_prompt")
+    if not args.adapters and recipe.get("output_dir"):
+        args.adapters = [recipe["output_dir"]]
+    if not args.out and recipe.get("output_dir"):
+        args.out = str(Path(recipe["output_dir"]) / "eval")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    from vlm_sft.data import DataError
+    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+
+    if args.recipe:
+        _from_recipe(args)
+    if not args.eval_file:
+        print("error: no eval set: give --eval-file (or --recipe with eval_file).", file=sys.stderr)
+        return 2
+    if not args.adapters and (args.no_base or not args.base):
+        print("error: nothing to evaluate: give one or more adapters, or --base alone.", file=sys.stderr)
+        return 2
+    try:
+        eval_set = load_eval_set(
+            args.eval_file,
+            args.image_dir,
+            data_format=args.data_format,
+            split=args.split,
+            limit=args.limit,
+            system_prompt=args.system_prompt,
+        )
+        report = evaluate_models(
+            eval_set,
+            [AdapterSpec.parse(a) for a in args.adapters],
+            base=args.base,
+            base_revision=args.base_revision,
+            include_base=not args.no_base,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            tolerance=args.numeric_tolerance,
+            worst=args.worst,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    paths = write_report(report, args.out or "eval_report")
+    print(format_table(report))
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,209 @@
+"""Scores for generated answers: exact match, token F1, JSON validity and per-field accuracy, numeric accuracy and MAE.
+
+Each reference decides how it is scored beyond exact match and F1 (`answer_kind`):
+
+- `json`: the reference parses as a JSON object -> is the prediction valid JSON, and which of the
+  reference's fields does it get right (values compared after normalisation, numbers numerically);
+- `numeric`: the reference is a number, optionally with a unit ("4", "30 psi", "-2.5 °C") ->
+  is the first number in the prediction within tolerance of it, and by how much it is off;
+- `text`: everything else, scored by exact match and token F1 only.
+
+Pure Python, no model: every rule here is tested on crafted examples (tests/test_metrics.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+_PUNCT = string.punctuation + " "
+# A number as people write them: sign, thousands separators, decimals ("1,200", "-3.5", ".5").
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|(?<![\w.])[-+]?\.\d+")
+# The reference is numeric when it is a number and at most a short unit: "4", "30 psi", "12.5 %", "20°c".
+_NUMERIC_ANSWER = re.compile(rf"^\s*({_NUMBER.pattern})\s*(?:[a-z°%µ/]+\.?){{0,1}}\s*$")
+# Counts are often written as words ("There are four screws").
+_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+_WORDS += "seventeen eighteen nineteen twenty"
+NUMBER_WORDS = {w: i for i, w in enumerate(_WORDS.split())}
+_WORD_IN_TEXT = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b")
+_CODE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def normalize(text: str) -> str:
+    """Case, surrounding and repeated whitespace, and trailing punctuation do not count."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.rstrip(_PUNCT)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Equal after `normalize`."""
+    return normalize(prediction) == normalize(reference)
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words with punctuation stripped from both ends ("psi," -> "psi"); empty words dropped."""
+    words = (w.strip(string.punctuation) for w in normalize(text).split())
+    return [w for w in words if w]
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 over the multiset of words: 1.0 when both are empty, 0.0 when only one is."""
+    pred, ref = tokens(prediction), tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def parse_json(text: str) -> Any | None:
+    """The JSON value in `text` (a ```json fence around it is allowed), or None when it is not valid JSON."""
+    text = text.strip()
+    fenced = _CODE_FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in `text` ("1,200" -> 1200.0), else the first number word ("four" -> 4.0), else None."""
+    match = _NUMBER_IN_TEXT.search(text)
+    if match:
+        return float(match.group(0).replace(",", ""))
+    word = _WORD_IN_TEXT.search(text.lower())
+    return float(NUMBER_WORDS[word.group(1)]) if word else None
+
+
+def answer_kind(reference: str) -> str:
+    """How a reference is scored beyond exact match and F1: `json`, `numeric` or `text`."""
+    if isinstance(parse_json(reference), dict):
+        return "json"
+    match = _NUMERIC_ANSWER.match(reference.lower())
+    if match and re.search(r"\d", match.group(1)):
+        return "numeric"
+    return "text"
+
+
+def _values_equal(predicted: Any, expected: Any, tolerance: float) -> bool:
+    """Field values: numbers within tolerance (True is not 1), strings after normalisation, the rest exactly."""
+    if isinstance(expected, bool) or isinstance(predicted, bool):
+        return predicted is expected
+    if isinstance(expected, int | float) and isinstance(predicted, int | float):
+        return _close(float(predicted), float(expected), tolerance)
+    if isinstance(expected, str) and isinstance(predicted, str):
+        return normalize(predicted) == normalize(expected)
+    return predicted == expected
+
+
+def _close(a: float, b: float, tolerance: float) -> bool:
+    return abs(a - b) <= tolerance or math.isclose(a, b, rel_tol=1e-9)
+
+
+def score_example(prediction: str, reference: str, *, tolerance: float = 0.0) -> dict:
+    """Every score one example gets; `score` (0..1) is its kind's headline, used to rank the worst examples."""
+    kind = answer_kind(reference)
+    result: dict[str, Any] = {
+        "kind": kind,
+        "exact_match": exact_match(prediction, reference),
+        "token_f1": token_f1(prediction, reference),
+    }
+    if kind == "json":
+        expected, got = parse_json(reference), parse_json(prediction)
+        got_fields = got if isinstance(got, dict) else {}  # a list or a bare string has no fields to match
+        fields = {k: k in got_fields and _values_equal(got_fields[k], v, tolerance) for k, v in expected.items()}
+        result.update(json_valid=got is not None, fields=fields)
+        result["score"] = sum(fields.values()) / len(fields) if fields else float(got == expected)
+    elif kind == "numeric":
+        expected_n, got_n = parse_number(reference), parse_number(prediction)
+        result.update(number=got_n, abs_error=None if got_n is None else abs(got_n - expected_n))
+        result["numeric_correct"] = got_n is not None and _close(got_n, expected_n, tolerance)
+        result["score"] = float(result["numeric_correct"])
+    else:
+        result["score"] = result["token_f1"]
+    return result
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(examples: Sequence[dict]) -> dict:
+    """Summary metrics over `score_example` results; a section is None when no reference is of its kind.
+
+    JSON: `valid_rate` counts predictions that parse; `field_accuracy` is the share of all reference fields
+    (over all JSON examples) matched, and `per_field` the same per key. Numeric: `accuracy` is over all
+    numeric examples (a prediction without a number is wrong); `mae` only over predictions that have a
+    number, so `parsed_rate` says how many that is.
+    """
+    summary: dict[str, Any] = {
+        "n": len(examples),
+        "exact_match": _mean([float(e["exact_match"]) for e in examples]) or 0.0,
+        "token_f1": _mean([e["token_f1"] for e in examples]) or 0.0,
+        "kinds": dict(Counter(e["kind"] for e in examples)),
+        "json": None,
+        "numeric": None,
+    }
+    as_json = [e for e in examples if e["kind"] == "json"]
+    if as_json:
+        per_field: dict[str, list[bool]] = {}
+        for e in as_json:
+            for key, ok in e["fields"].items():
+                per_field.setdefault(key, []).append(ok)
+        all_fields = [ok for oks in per_field.values() for ok in oks]
+        summary["json"] = {
+            "n": len(as_json),
+            "valid_rate": _mean([float(e["json_valid"]) for e in as_json]),
+            "field_accuracy": _mean([float(ok) for ok in all_fields]),
+            "per_field": {k: _mean([float(ok) for ok in oks]) for k, oks in sorted(per_field.items())},
+        }
+    numeric = [e for e in examples if e["kind"] == "numeric"]
+    if numeric:
+        errors = [e["abs_error"] for e in numeric if e["abs_error"] is not None]
+        summary["numeric"] = {
+            "n": len(numeric),
+            "accuracy": _mean([float(e["numeric_correct"]) for e in numeric]),
+            "mae": _mean(errors),
+            "parsed_rate": len(errors) / len(numeric),
+        }
+    return summary
+
+
+def score(predictions: Sequence[str], references: Sequence[str], *, tolerance: float = 0.0) -> tuple[dict, list[dict]]:
+    """(summary, per-example scores) for paired predictions and references."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references; expected one each.")
+    examples = [score_example(p, r, tolerance=tolerance) for p, r in zip(predictions, references, strict=True)]
+    return aggregate(examples), examples
+
+
+# The headline numbers shown side by side (label, path into the summary, higher is better).
+HEADLINE: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("exact match", ("exact_match",), True),
+    ("token F1", ("token_f1",), True),
+    ("JSON valid", ("json", "valid_rate"), True),
+    ("JSON field accuracy", ("json", "field_accuracy"), True),
+    ("numeric accuracy", ("numeric", "accuracy"), True),
+    ("numeric MAE", ("numeric", "mae"), False),
+    ("numeric parsed", ("numeric", "parsed_rate"), True),
+)
+
+
+def headline_value(summary: dict, path: tuple[str, ...]) -> float | None:
+    """summary[path[0]][path[1]]..., or None where a section is absent (no reference of that kind)."""
+    value: Any = summary
+    for key in path:
+        if value is None:
+            return None
+        value = value.get(key)
+    return value
