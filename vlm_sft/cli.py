@@ -16,6 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlm_sft.train_cli", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
     "quickstart": ("vlm_sft.quickstart", "Build the tiny model and digits, train, evaluate base vs adapter."),
     "data": ("vlm_sft.data_cli", "Validate, describe or draft conversation data (validate | stats | init)."),
+    "push": ("vlm_sft.hub_cli", "Push a run's adapter, processor and model card to the Hub."),
+    "infer": ("vlm_sft.hub_cli", "Ask an adapter (folder or Hub id) about an image; a chat without --prompt."),
+    "merge": ("vlm_sft.hub_cli", "Merge an adapter into its 16-bit base; save model, processor and card."),
+    "eval": ("vlm_sft.eval_cli", "Score base model vs adapters by generation on held-out data; write a report."),
+    "estimate": ("vlm_sft.memory_cli", "Estimate training memory for a model and recipe."),
 }
 
 
@@ -28,11 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.print_help(sys.stderr if argv else sys.stdout)
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    module, args = parse_command(argv)
+    return int(module.run(args) or 0)
+
+
+def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
+    """(the subcommand's module, its parsed arguments) for `argv` = [COMMAND, ...]; exits 2 on usage errors."""
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd_parser = argparse.ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])  # argparse exits with 2 on usage errors
-    return int(module.run(args) or 0)
+    return module, cmd_parser.parse_args(argv[1:])
 
 
 if __name__ == "__main__":
