@@ -16,7 +16,7 @@ peft 0.21, trl 1.16, bitsandbytes 0.50) stores each part during `vlm_sft.train`:
 - Activations: what autograd saves per token of each decoder layer (listed in `_layer_saved`),
   or only each layer's input with gradient checkpointing plus one layer recomputed in backward,
   and the transient peak of TRL's fused LM-head loss, which differs between CUDA (Triton, one
-  bf16 tile) and CPU (torch fallback, about 31 bytes per element of a 4096 x 32768 tile).
+  bf16 tile of at most 4096 x 32768 logits) and CPU (torch fallback: 29 more bytes per logit).
 
 `device="cpu"` is what `benchmarks/measure_memory.py` validates against measured peaks;
 `device="cuda"` changes only the loss-head term and adds the CUDA context, and is not validated
@@ -45,10 +45,10 @@ _VISION_PRESETS = {
 # TRL's fused LM-head loss (trl/kernels/chunked_logprob.py) scores tokens in tiles of at most
 # TOKEN_CHUNK x VOCAB_CHUNK logits.
 TOKEN_CHUNK, VOCAB_CHUNK = 4096, 32768
-# Bytes per tile element at the loss's peak with the torch fallback (no Triton, e.g. CPU), read off
-# `_forward_tile` / `_backward_tile` and confirmed with the profiler: the bf16 tile plus fp32
-# temporaries (z, log_p, p, grad, (is_target - p), ...): 2 + 29 in backward, 2 + 13 in forward.
-CPU_LOSS_BYTES_PER_LOGIT = 31
+# fp32 temporaries per logit at the loss's peak with the torch fallback (no Triton, e.g. CPU), read off
+# `_backward_tile` and confirmed with the profiler: y, z, log_p, p, grad (4 B each), is_target (1 B),
+# is_target.float() and (is_target.float() - p) (4 B each) = 29 B; the forward's `_forward_tile` peaks at 13.
+CPU_LOSS_FP32_BYTES = 29
 CUDA_CONTEXT_BYTES = GiB // 2  # CUDA context, cuBLAS workspace: outside PyTorch's counters (approximate)
 SUPPORTED_TEXT = ("llama", "mistral", "qwen2")
 SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
@@ -134,8 +134,13 @@ class ModelShape:
         feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
         bias = getattr(config, "multimodal_projector_bias", True)
         proj = (
-            Matrix("projector", "model.multi_modal_projector.linear_1", vision.hidden * feature_layers, text.hidden,
-                   bias=bias),
+            Matrix(
+                "projector",
+                "model.multi_modal_projector.linear_1",
+                vision.hidden * feature_layers,
+                text.hidden,
+                bias=bias,
+            ),
             Matrix("projector", "model.multi_modal_projector.linear_2", text.hidden, text.hidden, bias=bias),
         )
         blocks = list(text_b + vis_b)
@@ -157,7 +162,7 @@ class ModelShape:
     def num_params(self, component: str | None = None) -> int:
         parts = [m.numel for m in self.matrices] + [b.numel for b in self.blocks]
         comps = [m.component for m in self.matrices] + [b.component for b in self.blocks]
-        return sum(n for n, c in zip(parts, comps) if component in (None, c))
+        return sum(n for n, c in zip(parts, comps, strict=True) if component in (None, c))
 
     def lm_linears(self) -> list[Matrix]:
         """The language model's linear layers: what bitsandbytes quantizes."""
@@ -205,9 +210,11 @@ def _vision_parts(vc: Any, prefix: str) -> tuple[list[Matrix], list[Block], Visi
     d, inter, n, p = vc.hidden_size, vc.intermediate_size, vc.num_hidden_layers, vc.patch_size
     grid = vc.image_size // p
     clip = vc.model_type == "clip_vision_model"
-    layer = f"{prefix}.vision_model.encoder.layers.{{i}}"
-    matrices = [Matrix("vision_tower", f"{layer}.self_attn.{x}", d, d, n, True) for x in ("q_proj", "k_proj",
-                                                                                           "v_proj", "out_proj")]
+    layer = f"{prefix}.encoder.layers.{{i}}"  # transformers 5: the tower is the bare ViT
+    matrices = [
+        Matrix("vision_tower", f"{layer}.self_attn.{x}", d, d, n, True)
+        for x in ("q_proj", "k_proj", "v_proj", "out_proj")
+    ]
     matrices += [
         Matrix("vision_tower", f"{layer}.mlp.fc1", d, inter, n, True),
         Matrix("vision_tower", f"{layer}.mlp.fc2", inter, d, n, True),
@@ -221,8 +228,9 @@ def _vision_parts(vc: Any, prefix: str) -> tuple[list[Matrix], list[Block], Visi
     ]
     if not clip and getattr(vc, "vision_use_head", True):
         # SigLIP's attention-pooling head: probe, nn.MultiheadAttention, LayerNorm, MLP
-        blocks.append(Block("vision_tower", "head", d + 3 * d * d + 3 * d + d * d + d + 2 * d + 2 * d * inter + inter
-                            + d))
+        blocks.append(
+            Block("vision_tower", "head", d + 3 * d * d + 3 * d + d * d + d + 2 * d + 2 * d * inter + inter + d)
+        )
     return matrices, blocks, VisionDims(d, n, tokens), grid
 
 
@@ -399,6 +407,13 @@ def estimate(shape: ModelShape, setup: TrainingSetup) -> Estimate:
         static.append(Line("CUDA context and workspaces", CUDA_CONTEXT_BYTES, "approximate; not in torch counters"))
     if setup.load_in_8bit:
         notes.append("8-bit (LLM.int8) is modelled for the weights only; its activations are not validated.")
+    if not setup.lora_on_vision_tower and any(m.component == "vision_tower" for m in lora_targets(shape, setup)):
+        notes.append(
+            "lora_target_modules names also match the vision tower's layers; vlm_sft.model.apply_lora refuses "
+            "that unless lora_on_vision_tower is true (use a regex scoped to model.language_model)."
+        )
+    if setup.train_vision_tower or setup.lora_on_vision_tower:
+        notes.append("Vision-tower activations (trained or LoRA'd tower) are a rough estimate, not validated.")
     return Estimate(shape, setup, static, acts, notes, counts)
 
 
@@ -418,7 +433,9 @@ def _static_lines(shape: ModelShape, setup: TrainingSetup) -> tuple[list[Line], 
             lines.append(Line("base: quantization constants", quant_constants_bytes(shape, setup.double_quant), how))
         else:
             rows = sum(m.d_out * m.count for m in shape.lm_linears())
-            lines.append(Line("base: 8-bit language-model linears", qn + 4 * rows, f"{_n(qn)} params x 1 byte + scales"))
+            lines.append(
+                Line("base: 8-bit language-model linears", qn + 4 * rows, f"{_n(qn)} params x 1 byte + scales")
+            )
         why = "fp32: prepare_model_for_kbit_training upcasts" if setup.kbit_fp32_upcast else setup.dtype
         lines.append(Line("base: kept unquantized", kept * kept_b, f"{_n(kept)} params x {kept_b} B ({why})"))
     else:
@@ -433,13 +450,23 @@ def _static_lines(shape: ModelShape, setup: TrainingSetup) -> tuple[list[Line], 
     copy_b = 2 if setup.quantized else wb
     trainable: list[tuple[int, int]] = []  # (params, bytes per param)
     if setup.use_peft:
-        lines.append(Line("trainable: LoRA", lora * lora_b,
-                          f"{_n(lora)} params in {sum(m.count for m in targets)} matrices x {lora_b} B"))
+        lines.append(
+            Line(
+                "trainable: LoRA",
+                lora * lora_b,
+                f"{_n(lora)} params in {sum(m.count for m in targets)} matrices x {lora_b} B",
+            )
+        )
         extra = proj + vision
         if extra:
             what = " + ".join(x for x, n in (("projector", proj), ("vision tower", vision)) if n)
-            lines.append(Line("trainable: modules_to_save copies", extra * copy_b,
-                              f"{_n(extra)} params x {copy_b} B ({what}; the frozen original stays)"))
+            lines.append(
+                Line(
+                    "trainable: modules_to_save copies",
+                    extra * copy_b,
+                    f"{_n(extra)} params x {copy_b} B ({what}; the frozen original stays)",
+                )
+            )
         trainable = [(lora, lora_b), (extra, copy_b)]
     else:  # full fine-tuning: the language model and projector train in place
         full = total - shape.num_params("vision_tower") + vision
@@ -462,8 +489,11 @@ def _optimizer_line(optim: str, trainable: list[tuple[int, int]]) -> Line:
     if optim.startswith("sgd"):
         return Line("optimizer state", 0, optim)
     dtypes = "/".join(sorted({f"{b * 8}-bit" for n, b in trainable if n}))
-    return Line("optimizer state", sum(2 * n * b for n, b in trainable),
-                f"AdamW: 2 moments x {_n(params)} params, in the params' dtype ({dtypes})")
+    return Line(
+        "optimizer state",
+        sum(2 * n * b for n, b in trainable),
+        f"AdamW: 2 moments x {_n(params)} params, in the params' dtype ({dtypes})",
+    )
 
 
 def _bytes_per(setup: TrainingSetup) -> tuple[int, int, int, int]:
@@ -488,14 +518,30 @@ def _layer_saved(shape: ModelShape, setup: TrainingSetup, targets: list[Matrix])
     norms = 2 * (4 * t.hidden + 4)  # RMSNorm saves its fp32 input copy and rstd
     attn = c * 4 * q + 4 * t.heads  # SDPA saves q, k, v, out and an fp32 logsumexp per head
     mlp = 3 * t.intermediate * m  # gate output (SiLU), SiLU output and up output (their product)
-    lora = 0
-    for mat in targets:
-        if mat.component != "language_model":
-            continue
-        # dropout saves its noise in the LoRA dtype; lora_A its (autocast) input; lora_B its r-dim input
-        noise = lb if setup.lora_dropout > 0 else 0
-        lora += (noise + c) * mat.d_in + c * setup.lora_r
-    return norms + attn + mlp + lora
+    if not setup.use_peft:  # full fine-tuning: every linear keeps its input (q/k/v and gate/up share one)
+        return norms + attn + mlp + c * (2 * t.hidden + q + t.intermediate)
+    return norms + attn + mlp + _lora_saved([x for x in targets if x.component == "language_model"], setup)
+
+
+def _lora_saved(targets: list[Matrix], setup: TrainingSetup) -> int:
+    """Per token: dropout's mask, lora_A's autocast input, lora_B's r-dim input, per target."""
+    _, c, _, lb = _bytes_per(setup)
+    # CUDA's fused dropout keeps a bool mask; on CPU it multiplies by a noise tensor in the LoRA dtype
+    noise = (1 if setup.device == "cuda" else lb) if setup.lora_dropout > 0 else 0
+    return sum((noise + c) * x.d_in + c * setup.lora_r for x in targets if x.count)
+
+
+def _vision_layer_saved(shape: ModelShape, setup: TrainingSetup, targets: list[Matrix]) -> int:
+    """Per vision token, one encoder layer, when the tower gets gradients (rough: not validated)."""
+    v = shape.vision
+    _, c, _, _ = _bytes_per(setup)
+    vb = 4 if setup.quantized and setup.kbit_fp32_upcast else DTYPE_BYTES[setup.dtype]
+    inter = next(x.d_out for x in shape.matrices if x.name == "fc1")
+    saved = 2 * vb * v.hidden + c * 4 * v.hidden + 2 * c * inter  # 2 LayerNorm inputs, SDPA, the activation
+    if setup.train_vision_tower:
+        return saved + c * (3 * v.hidden + inter)  # the linears' inputs
+    per_layer = [replace(x, count=1) for x in targets if x.component == "vision_tower"]
+    return saved + _lora_saved(per_layer, setup)
 
 
 def _layer_backward(shape: ModelShape, setup: TrainingSetup) -> int:
@@ -508,65 +554,95 @@ def _layer_backward(shape: ModelShape, setup: TrainingSetup) -> int:
     return 3 * t.intermediate * m + c * 4 * q + 2 * a * t.hidden
 
 
-def _activation_lines(shape: ModelShape, setup: TrainingSetup, checkpointing: bool) -> list[Line]:
+@dataclass(frozen=True)
+class Phases:
+    """Activation bytes: saved for backward, and the two transients that can set the peak on top of them."""
+
+    saved: int  # alive at the end of the forward
+    loss: int  # extra inside the LM-head loss's backward (everything saved is still alive)
+    backward: int  # extra while a decoder layer runs backward (with checkpointing: recomputed first)
+    tokens: int
+    loss_rows: int  # positions the loss head scores
+    per_layer: int  # bytes saved per token by one decoder layer without checkpointing
+
+    @property
+    def peak(self) -> int:
+        return self.saved + max(self.loss, self.backward)
+
+
+def activation_phases(shape: ModelShape, setup: TrainingSetup, checkpointing: bool) -> Phases:
+    """What autograd keeps, per the pinned stack, at the recipe's batch and sequence length."""
     t = shape.text
-    a, c, m, _ = _bytes_per(setup)
+    a, c, _, _ = _bytes_per(setup)
     seq = setup.seq_len(shape)
     tokens = setup.batch_size * seq
-    n_loss = setup.batch_size * (seq - 1)
+    # Rows the loss head scores: with Triton (CUDA) only labelled positions (at most the text tokens),
+    # elsewhere every position but the last.
+    text = seq - setup.images_per_sample * shape.image_tokens
+    n_loss = setup.batch_size * (text - 1 if setup.device == "cuda" else seq - 1)
     targets = lora_targets(shape, setup) if setup.use_peft else []
     per_layer = _layer_saved(shape, setup, targets)
-    # ---- saved for backward outside the decoder layers
-    head = 4 * t.hidden * tokens + (a * t.hidden + 24) * n_loss  # final norm; loss: hidden copy, log_z/entropy, ids
-    image_tok = setup.batch_size * setup.images_per_sample * shape.image_tokens
-    proj = c * (shape.vision.hidden + 2 * t.hidden) * image_tok if setup.train_projector else 0
-    vision = 0
+    # ---- saved for backward outside the decoder layers: the final RMSNorm's fp32 input; the loss
+    # head's copy of the shifted hidden states, fp32 log_z and entropy, int64 labels; the projector's inputs
+    loss_saved = (a * t.hidden + 16) * n_loss
+    head = (4 * t.hidden + 4) * tokens + loss_saved
+    image_tokens = setup.batch_size * setup.images_per_sample * shape.image_tokens
+    proj = c * (shape.vision.hidden + 2 * t.hidden) * image_tokens if setup.train_projector else 0
+    vision_tokens = setup.batch_size * setup.images_per_sample * shape.vision.tokens
+    vision_grads = setup.train_vision_tower or any(x.component == "vision_tower" for x in targets)
     if checkpointing:
-        # enable_input_require_grads hooks the vision tower's embeddings too, so its checkpointed
-        # layer inputs are kept (in its weights' dtype)
+        # Each layer keeps only its input. enable_input_require_grads also hooks the vision tower's
+        # embeddings, so its checkpointed layer inputs (and two LayerNorm inputs) are kept as well.
         vb = a if setup.quantized else DTYPE_BYTES[setup.dtype]
-        vtok = setup.batch_size * setup.images_per_sample * shape.vision.tokens
-        vision = (shape.vision.layers + 2) * vb * shape.vision.hidden * vtok
-        layers = t.layers * a * t.hidden * tokens
-        saved = layers + head + proj + vision
-        how = f"{t.layers} layer inputs x {tokens:,} tokens x {t.hidden} x {a} B + loss head, projector"
+        vision = (shape.vision.layers + 2) * vb * shape.vision.hidden * vision_tokens
+        saved = t.layers * a * t.hidden * tokens + head + proj + vision
     else:
-        layers = t.layers * per_layer * tokens
-        saved = layers + head + proj
-        how = f"{t.layers} layers x {tokens:,} tokens x {per_layer:,} B/token + loss head, projector"
-    # ---- transients on top: the loss head at the start of backward, or a layer in backward
-    loss = _loss_transient(shape, setup, n_loss)
-    backward = _layer_backward(shape, setup) * tokens + 4 * t.hidden * n_loss  # + fp32 grad of the hidden states
+        vision = (
+            shape.vision.layers * _vision_layer_saved(shape, setup, targets) * vision_tokens if vision_grads else 0
+        )
+        saved = t.layers * per_layer * tokens + head + proj + vision
+    # ---- transients: the loss head's backward, or a decoder layer's backward after the loss is done
+    # (+ the fp32 gradient of the hidden states it hands back, and with checkpointing the recomputed layer)
+    backward = _layer_backward(shape, setup) * tokens + 4 * t.hidden * n_loss - loss_saved
     if checkpointing:
-        backward += per_layer * tokens  # the layer being recomputed
-        backward -= (a * t.hidden + 24) * n_loss  # the loss head's saved tensors are gone by then
+        backward += per_layer * tokens
     if setup.load_in_4bit:
-        backward += c * max(mat.d_in * mat.d_out for mat in shape.lm_linears())  # a dequantized weight
-    if loss >= backward:
-        peak = Line("activations: loss-head transient", loss, _loss_how(setup, n_loss))
+        backward += c * max(m.d_in * m.d_out for m in shape.lm_linears())  # one weight dequantized
+    return Phases(saved, _loss_transient(shape, setup, n_loss), backward, tokens, n_loss, per_layer)
+
+
+def _activation_lines(shape: ModelShape, setup: TrainingSetup, checkpointing: bool) -> list[Line]:
+    t = shape.text
+    ph = activation_phases(shape, setup, checkpointing)
+    a = _bytes_per(setup)[0]
+    if checkpointing:
+        how = f"{t.layers} layer inputs x {ph.tokens:,} tokens x {t.hidden} x {a} B + loss head, projector"
     else:
-        what = "recomputed layer + its backward" if checkpointing else "a layer's backward"
-        peak = Line("activations: backward transient", backward, what)
-    return [Line("activations: saved for backward", saved, how), peak]
+        how = f"{t.layers} layers x {ph.tokens:,} tokens x {ph.per_layer:,} B/token + loss head, projector"
+    lines = [Line("activations: saved for backward", ph.saved, how)]
+    if ph.loss >= ph.backward:
+        how = f"TRL's fused loss on {min(ph.loss_rows, TOKEN_CHUNK):,} rows: " + (
+            "bf16 tile, fp32 temporaries (torch fallback)" if setup.device == "cpu" else "one bf16 tile (Triton)"
+        )
+        lines.append(Line("activations: loss-head transient", ph.loss, how))
+    else:
+        what = "a layer recomputed + its backward" if checkpointing else "a layer's backward"
+        lines.append(Line("activations: backward transient", ph.backward, what))
+    return lines
 
 
 def _loss_transient(shape: ModelShape, setup: TrainingSetup, n_loss: int) -> int:
-    """Peak extra bytes inside TRL's fused LM-head loss backward (ChunkedLogProbFunction)."""
+    """Peak extra bytes inside the backward of TRL's fused LM-head loss (ChunkedLogProbFunction)."""
     t = shape.text
     a, c, _, _ = _bytes_per(setup)
-    tile = min(n_loss, TOKEN_CHUNK) * min(t.vocab, VOCAB_CHUNK)
-    per = CPU_LOSS_BYTES_PER_LOGIT if setup.device == "cpu" else c  # Triton works in place on a bf16 tile
-    head_b = 4 if setup.quantized and setup.kbit_fp32_upcast else DTYPE_BYTES[setup.dtype]
-    weight_cast = c * min(t.vocab, VOCAB_CHUNK) * t.hidden if head_b != c else 0
-    hidden_cast = c * min(n_loss, TOKEN_CHUNK) * t.hidden if a != c else 0
-    return per * tile + 4 * n_loss * t.hidden + weight_cast + hidden_cast  # + fp32 grad of the hidden states
-
-
-def _loss_how(setup: TrainingSetup, n_loss: int) -> str:
-    rows = min(n_loss, TOKEN_CHUNK)
+    rows, cols = min(n_loss, TOKEN_CHUNK), min(t.vocab, VOCAB_CHUNK)
+    tile = c * rows * VOCAB_CHUNK  # allocated at full chunk width whatever the vocabulary
     if setup.device == "cpu":
-        return f"TRL's fused loss, torch fallback: {rows:,} x vocab tile x {CPU_LOSS_BYTES_PER_LOGIT} B"
-    return f"TRL's fused loss (Triton): one {rows:,} x vocab bf16 tile"
+        tile += CPU_LOSS_FP32_BYTES * rows * cols  # the torch fallback's fp32 temporaries; Triton works in place
+    head_b = 4 if setup.quantized and setup.kbit_fp32_upcast else DTYPE_BYTES[setup.dtype]
+    weight_cast = c * cols * t.hidden if head_b != c else 0  # lm_head chunk cast to the compute dtype
+    hidden_cast = c * rows * t.hidden if a != c else 0
+    return tile + 4 * n_loss * t.hidden + weight_cast + hidden_cast  # + the fp32 gradient of the hidden states
 
 
 # ---------------------------------------------------------------------------- the lesson's formula
@@ -606,13 +682,16 @@ def format_report(est: Estimate, name: str, recipe: str | None = None) -> str:
     shape, setup = est.shape, est.setup
     seq = setup.seq_len(shape)
     img = setup.images_per_sample * shape.image_tokens
-    quant = ("4-bit NF4" + (" + double quant" if setup.double_quant else "")) if setup.load_in_4bit else (
-        "8-bit" if setup.load_in_8bit else setup.dtype)
+    quant = (
+        ("4-bit NF4" + (" + double quant" if setup.double_quant else ""))
+        if setup.load_in_4bit
+        else ("8-bit" if setup.load_in_8bit else setup.dtype)
+    )
     targets = lora_targets(shape, setup)
     kinds = ",".join(sorted({m.name for m in targets})) or "none"
     out = [
         f"Memory estimate: {name} ({shape.description}), device {setup.device}",
-        f"  recipe: {recipe or '(defaults)'}",
+        f"  recipe: {recipe or '(none: TRL defaults, LoRA on)'}",
         f"  base {quant}; LoRA r={setup.lora_r} on {kinds}; projector "
         f"{'trained fully' if setup.train_projector else 'frozen'}; optimizer {setup.optim}",
         f"  batch {setup.batch_size} x {seq:,} tokens ({img} image + {seq - img:,} text"
@@ -620,8 +699,12 @@ def format_report(est: Estimate, name: str, recipe: str | None = None) -> str:
         "",
         "Parameters",
     ]
-    for comp, label in (("vision_tower", "vision tower"), ("projector", "projector"),
-                        ("language_model", "language model"), ("lm_head", "lm_head")):
+    for comp, label in (
+        ("vision_tower", "vision tower"),
+        ("projector", "projector"),
+        ("language_model", "language model"),
+        ("lm_head", "lm_head"),
+    ):
         out.append(f"  {label:<38}{_n(shape.num_params(comp)):>10}")
     out.append(f"  {'total':<38}{_n(est.counts['total']):>10}")
     pct = 100 * est.counts["trainable"] / est.counts["total"]
@@ -642,20 +725,17 @@ def format_report(est: Estimate, name: str, recipe: str | None = None) -> str:
 
 def _lesson_lines(est: Estimate) -> list[str]:
     f = lesson_formula(est.shape, est.setup)
+    exact = f["lora_params_exact"]
     return [
         "The lesson's formula |theta|/2 + 2r|theta_target|:",
-        f"  |theta|/2 = {f['base'] / GiB:.2f} GiB treats all {_n(est.counts['total'])} params as 4-bit; only the "
-        f"language model's linears ({_n(quantized_numel(est.shape))}) are, the rest stays 16/32-bit, and the "
-        "quantization constants are missing.",
-        f"  2r|theta_target| read literally (r x targeted params) = {(f['literal'] - f['base']) / GiB:,.1f} GiB; "
-        f"read as 2r per row of each square matrix it counts {_n(f['lora_params_intended'])} LoRA params, but a "
-        f"pair on d_in x d_out has r(d_in + d_out): {_n(f['lora_params_exact'])} here, and that is params, "
-        "not bytes.",
-        "  It leaves out the projector trained fully, gradients, optimizer moments and activations, which "
-        f"dominate at this batch: estimate {est.total / GiB:.2f} GiB vs formula {f['intended'] / GiB:.2f} GiB.",
+        f"  |theta|/2 = {f['base'] / GiB:.2f} GiB counts all {_n(est.counts['total'])} params as 4-bit; only the "
+        f"language model's linears ({_n(quantized_numel(est.shape))}) are: the vision tower, projector, embeddings "
+        "and lm_head stay 16-bit (32-bit after prepare_model_for_kbit_training), and the quantization constants "
+        "are missing.",
+        f"  2r|theta_target| read literally (2r x every targeted weight) is {(f['literal'] - f['base']) / GiB:,.1f} "
+        f"GiB; read as 2r*d params per targeted d x d matrix it gives {_n(f['lora_params_intended'])}. A LoRA pair "
+        f"on a d_in x d_out matrix has r(d_in + d_out) params (the same only when square): {_n(exact)} here, "
+        f"{2 * exact / GiB:.2f} GiB at 16-bit.",
+        "  It also leaves out the projector trained fully, gradients, optimizer moments and the activations: "
+        f"estimate {est.total / GiB:.2f} GiB vs the formula's {f['intended'] / GiB:.2f} GiB.",
     ]
-
-
-def replace_setup(setup: TrainingSetup, **changes: Any) -> TrainingSetup:
-    """A copy of `setup` with `changes` (skipping None values)."""
-    return replace(setup, **{k: v for k, v in changes.items() if v is not None})
