@@ -29,6 +29,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+# The CPU benchmarks, side by side in one run each (numbers in benchmarks/README.md). The memory
+# check runs the three model sizes in both modes (RSS only; add --tensors --glibc for every column).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py --json benchmarks/results/train_throughput.json
+	$(BIN)/python benchmarks/collator_throughput.py --json benchmarks/results/collator.json
+	$(BIN)/python benchmarks/measure_memory.py --json benchmarks/results/memory.json
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -139,8 +139,8 @@ def main() -> None:
     model = build_model(processor)
     params = sum(p.numel() for p in model.parameters())
 
-    def loader(data, collate, workers=0, shuffle=True):
-        return DataLoader(data, batch_size=args.batch_size, shuffle=shuffle, collate_fn=collate,
+    def loader(data, collate, workers=0, shuffle=True, batch_size=args.batch_size):
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                           num_workers=workers, generator=torch.Generator().manual_seed(0))  # fmt: skip
 
     results = {}
@@ -150,7 +150,8 @@ def main() -> None:
     results["ours"] = {"seconds": t, "useful": useful, "total": total}
     # Ours with length-grouped batches.
     grouped = length_grouped(rows, collator, args.batch_size)
-    t, useful, total = train_steps(model, loader(grouped, lambda b: collator(b[0]), args.workers), args.steps)
+    grouped_loader = loader(grouped, lambda b: collator(b[0]), args.workers, batch_size=1)  # items are batches
+    t, useful, total = train_steps(model, grouped_loader, args.steps)
     results["ours_grouped"] = {"seconds": t, "useful": useful, "total": total}
     # Bare forward+backward on batches collated beforehand (the pipeline-overhead baseline).
     pre = [collator(rows[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
