@@ -196,3 +196,44 @@ def test_every_family_4bit_quantizes_only_the_language_model(tiny_dir, family):
     model, parts = load_model(args, trust_remote_code=True)
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all(n.startswith(parts.language_model + ".") for n in quantized), family
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_frozen_vision_tower_stays_out_of_the_backward_pass(tiny_dir, llava_processor, family):
+    """transformers' input-grad hooks on the patch embeddings are dropped; LoRA and projector still learn."""
+    from transformers import AutoProcessor
+
+    from vlm_sft.model import keep_frozen_vision_tower_out_of_backward
+
+    path = tiny_dir(family)
+    args = _model_args(path, lora_dropout=0.0)
+    model, parts = load_model(args, trust_remote_code=True)
+    model = apply_lora(model, parts, args, VisionArguments(lora_target="attention"))
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()  # what the Trainer does for PEFT + checkpointing
+    vision = model.get_base_model().get_submodule(parts.vision_tower)
+    # The tower's last block (CLIP: encoder layer; Qwen: ViT block), before the projector.
+    blocks = [m for n, m in vision.named_modules() if n.rsplit(".", 1)[-1].isdigit() and "merger" not in n]
+    seen = []
+    blocks[-1].register_forward_hook(lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).requires_grad))
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    from PIL import Image
+
+    row = {
+        "images": [Image.new("RGB", (40, 30), "red")],
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "color?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        ],
+    }
+    batch = VisionSFTCollator(processor)([row, row])
+    model.train()
+    model(**batch).loss.backward()
+    assert seen[-1] is True, "transformers' hooks do send the frozen tower through autograd"
+    model.zero_grad()
+
+    assert keep_frozen_vision_tower_out_of_backward(model, parts) >= 1
+    model(**batch).loss.backward()
+    assert seen[-1] is False
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("lora_B" in n for n in grads) and any("modules_to_save" in n for n in grads)

@@ -189,3 +189,29 @@ def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfi
             f"'{parts.language_model}\\.') or set lora_on_vision_tower: true."
         )
     return peft_model
+
+
+def keep_frozen_vision_tower_out_of_backward(model: torch.nn.Module, parts: Components) -> int:
+    """Drop the input-requires-grad hooks transformers put on the vision tower's embeddings; return how many.
+
+    `enable_input_require_grads` (called for PEFT + activation checkpointing by transformers, TRL and
+    `prepare_model_for_kbit_training`) hooks every sub-model's input embeddings, the CLIP/SigLIP patch
+    embeddings included. With the vision tower frozen, that only makes autograd record, recompute and
+    back-propagate through every vision layer for gradients nobody uses. The projector's output
+    requires grad on its own (it is trained), so the language model still gets its gradients.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    vision = base.get_submodule(parts.vision_tower)
+    projectors = [
+        m for p in parts.projectors if p.startswith(parts.vision_tower + ".") for m in [base.get_submodule(p)]
+    ]
+    inside = {id(q) for m in projectors for q in m.parameters()}
+    if any(p.requires_grad and id(p) not in inside for p in vision.parameters()):
+        return 0  # LoRA on the vision tower or the tower trained: its inputs need gradients
+    removed = 0
+    for module in vision.modules():
+        for hook_id, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                del module._forward_hooks[hook_id]
+                removed += 1
+    return removed

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoProcessor, set_seed
+from transformers import AutoProcessor, TrainerCallback, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from vlm_sft.checkpoints import (
@@ -26,12 +26,25 @@ from vlm_sft.data import DataError, load_splits
 from vlm_sft.distributed import EngineError, check_process_group, check_quantization, detect_engine, unify_float_dtype
 from vlm_sft.hub import push_after_training, take_over_push
 from vlm_sft.lengths import prepare_length_grouping, sample_lengths, store_lengths
-from vlm_sft.model import apply_lora, load_model
+from vlm_sft.model import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
 from vlm_sft.model_card import write_training_card
 from vlm_sft.plots import write_loss_plot
 from vlm_sft.report import adapter_size_mb, format_table, trainable_parameters, write_report
 
 logger = logging.getLogger(__name__)
+
+
+class FrozenVisionTowerCallback(TrainerCallback):
+    """At train begin (after the Trainer enabled activation checkpointing and its input-grad hooks), keep the
+    frozen vision tower out of the backward pass (`vlm_sft.model.keep_frozen_vision_tower_out_of_backward`)."""
+
+    def __init__(self, parts) -> None:
+        self.parts = parts
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and keep_frozen_vision_tower_out_of_backward(model, self.parts):
+            logger.info("Frozen vision tower kept out of the backward pass.")
+
 
 RecipeArgs = tuple[ScriptArguments, SFTConfig, ModelConfig, VisionArguments]
 
@@ -132,7 +145,10 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         eval_dataset=eval_ds,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[CheckpointManifestCallback()],  # marks each checkpoint complete once every rank has written
+        callbacks=[
+            CheckpointManifestCallback(),  # marks each checkpoint complete once every rank has written
+            FrozenVisionTowerCallback(parts),
+        ],
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
