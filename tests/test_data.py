@@ -585,6 +585,45 @@ def test_folders_and_symlinks_out_of_the_image_folder_are_refused(folder, tmp_pa
     assert not any("sample 1" in line or "sample 3" in line for line in lines)  # links and '..' that stay inside
 
 
+def test_image_dicts_in_user_json_are_checked_like_paths(folder, tmp_path_factory):
+    """Only `datasets` rows may hold {"path": absolute}; in a user's JSON a dict path must stay in the folder."""
+    outside = png(tmp_path_factory.mktemp("outside") / "outside.png")
+    (folder / "images").mkdir()
+    png(folder / "images" / "ok.png")
+    inline = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": {"path": str(outside)}}, {"type": "text", "text": "Q"}],
+            },
+            {"role": "assistant", "content": "A"},
+        ]
+    }
+    records = [
+        llava(image={"path": str(outside)}),
+        inline,
+        llava(image=[{"path": "../a.png"}]),
+        llava(image={"path": "ok.png"}),
+        llava(image={"bytes": list((folder / "b.png").read_bytes()), "path": str(outside)}),
+        llava(image={"bytes": 7}),
+    ]
+    lines = error_lines(write_json(folder / "data.json", records), image_dir=folder / "images")
+    assert_reported(lines, "sample 0", "field image", repr(str(outside)), "absolute path")
+    assert_reported(lines, "sample 1", "field messages[0].content[0]", repr(str(outside)), "absolute path")
+    assert_reported(lines, "sample 2", "field image[0]", "'../a.png' leaves the image folder")
+    assert_reported(lines, "sample 5", "field image", "expected 'bytes' as base64 text or a list of byte values")
+    assert not any("sample 3" in line or "sample 4" in line for line in lines)  # inside the folder; bytes only
+    with pytest.raises(DataError, match="sample 0.*field image.*absolute path"):
+        load_conversations(write_json(folder / "one.json", records[:1]), folder / "images")
+    ds = load_conversations(write_json(folder / "ok.json", records[3:5]), folder / "images")
+    assert ds[1]["images"][0].convert("RGB").getpixel((0, 0)) == BLUE  # the bytes, never the path beside them
+
+
+def test_sample_ids_survive_validation(folder):
+    ds = load_conversations(write_json(folder / "ids.json", [llava(id=7), llava(answer="Blue.")]))
+    assert ds["id"] == ["7", None]
+
+
 # ---------------------------------------------------------------- malformed files: line and column
 def test_malformed_json_names_line_column_and_sample(folder):
     text = json.dumps([llava(), llava(answer="Blue.")], indent=1).replace('"Blue."', '"Blue." "x"')
@@ -718,6 +757,8 @@ def test_training_refuses_invalid_data_before_writing_anything(folder, tiny_llav
         "--bf16",
         "false",
         "--use_cpu",
+        "true",
+        "--use_peft",
         "true",
     ]
     assert train_main(argv) == 1

@@ -198,8 +198,8 @@ def test_init_outside_the_image_folder_needs_image_dir(capsys, tmp_path):
     assert json.loads(draft.read_text().splitlines()[0])["image"] == "a.png"
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, _ = cli(capsys, "data", "init", empty, "--out", tmp_path / "x.json")
-    assert code == 1 and "no image files found" in out
+    code, out, err = cli(capsys, "data", "init", empty, "--out", tmp_path / "x.json")
+    assert code == 1 and "no image files found" in err and "no image files" not in out
 
 
 # ---------------------------------------------------------------- token lengths with a real processor

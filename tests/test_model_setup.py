@@ -77,6 +77,11 @@ def test_unknown_family_is_refused_not_guessed():
 
     with pytest.raises(ValueError, match="Unsupported model family 'llama'"):
         components_for(LlamaConfig())
+    from transformers import Blip2Config
+
+    # A vision-language family we have not mapped: its parts are listed so a person can map them.
+    with pytest.raises(ValueError, match=r"will not guess\. Its modules: vision_model, .*qformer.*language_model"):
+        components_for(Blip2Config())
 
 
 def test_4bit_keeps_vision_projector_and_head_in_16_bit_with_root_paths():

@@ -74,3 +74,24 @@ def test_make_quickstart_meets_its_targets():
     base, tuned, seconds = float(match[1]), float(match[2]), int(match[3])
     assert tuned >= 0.85 and base <= 0.20, line
     assert seconds <= 180 * 2, line  # the target is 180 s on an idle machine; CI machines are shared
+
+
+def test_resume_true_on_a_finished_run_without_checkpoints_is_refused(tmp_path, tiny_llava, digits):
+    """`--resume_from_checkpoint true` with nothing to resume must not retrain over a finished run."""
+    from vlm_sft.train import main
+
+    out = tmp_path / "finished"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"weights of a finished run")
+    (out / "trainer_state.json").write_text("{}")
+    code = main(
+        [
+            str(REPO / "recipes" / "quickstart.yaml"),
+            *("--model_name_or_path", str(tiny_llava), "--output_dir", str(out)),
+            *("--train_file", str(digits["train"]), "--eval_file", str(digits["eval"])),
+            *("--image_dir", str(digits["image_dir"]), "--overwrite_output_dir", "false"),
+            *("--resume_from_checkpoint", "true"),
+        ]
+    )
+    assert code == 1
+    assert (out / "adapter_model.safetensors").read_bytes() == b"weights of a finished run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_recipe_parses_with_unknown_keys_rejected(recipe: Path):
     header = recipe.read_text().splitlines()[:25]
     assert header[0].startswith("#"), "a recipe opens with its header comment"
     assert any("accelerate launch" in line for line in header), "the header shows the launch command"
-    assert any("x" in line and "per" in line.lower() and "step" in line for line in header), "batch arithmetic"
+    arithmetic = re.compile(r"\d+ per device x \d+ accumulation x .* = .* per (optimizer )?step")
+    assert any(arithmetic.search(line) for line in header), "the header shows the batch arithmetic"
 
 
 def test_llava_qlora_is_the_lessons_configuration():
@@ -77,3 +79,25 @@ def test_unknown_cli_key_is_an_error_that_names_it():
 def test_bad_policy_value_shows_the_expected_form():
     with pytest.raises(ValueError, match="lora_target='qkv' is not one of qv, attention, all-linear"):
         parse_recipe([str(RECIPES / "quickstart.yaml"), "--lora_target", "qkv"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--use_peft", "false"], "use_peft is false"),
+        (["--packing", "true"], "packing=True is not supported"),
+        (["--assistant_only_loss", "true"], "assistant_only_loss=True is not supported"),
+        (["--dataset_streaming", "true"], "dataset_streaming=True is not supported"),
+        (["--dataset_train_split", "validation"], "dataset_train_split='validation' is not supported"),
+    ],
+)
+def test_values_the_pipeline_would_ignore_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        parse_recipe([str(RECIPES / "quickstart.yaml"), *override])
+
+
+def test_a_recipe_without_use_peft_is_refused_not_trained_with_default_lora(tmp_path):
+    recipe = tmp_path / "no_peft.yaml"
+    recipe.write_text((RECIPES / "quickstart.yaml").read_text().replace("use_peft: true\n", ""))
+    with pytest.raises(ValueError, match="use_peft: true"):
+        parse_recipe([str(recipe)])

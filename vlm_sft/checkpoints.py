@@ -48,6 +48,13 @@ RUN_RESULTS = (
     "train_results.json",
     "eval_results.json",
     "trainable_parameters.json",
+    "training_summary.json",
+    # The model card, loss plot and eval report describe the run: a stale one would be pushed with the new adapter.
+    "README.md",
+    "loss.png",
+    "eval_report.json",
+    "eval_report.md",
+    "eval_report.png",
 )
 _RESUME_LAST = ("true", "last", "yes", "1")
 _NO_RESUME = ("", "false", "no", "0", "none")

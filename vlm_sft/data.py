@@ -7,7 +7,8 @@ naming the file, the sample (index and id), the field, what was expected and how
 
 The row schema is the contract with the collator:
 
-    {"images": [PIL.Image, ...],                     # datasets.List(datasets.Image())
+    {"id": str | None,                               # the record's id; the collator and TRL ignore it
+     "images": [PIL.Image, ...],                     # datasets.List(datasets.Image())
      "messages": [{"role": "user" | "assistant" | "system",
                    "content": [{"type": "image", "text": None} | {"type": "text", "text": str}, ...]}, ...]}
 """
@@ -47,6 +48,7 @@ __all__ = [
 
 FEATURES = datasets.Features(
     {
+        "id": datasets.Value("string"),  # the record's id (None without one), so later errors can name it
         "images": datasets.List(datasets.Image()),
         "messages": datasets.List(
             {
@@ -105,7 +107,7 @@ def check_conversations(
         raise ValueError(f"data_format must be one of {', '.join(FORMATS)}; got {data_format!r}.")
     source = read_source(path, split=split)
     folder = Path(image_dir) if image_dir else source.base_dir
-    samples = [normalize(record, source.name, data_format) for record in source.records]
+    samples = [normalize(record, source.name, data_format, trusted=source.trusted) for record in source.records]
     for sample in samples:
         check_sample(sample)
     check_images(samples, folder, max_pixels)
@@ -123,7 +125,7 @@ def to_dataset(checked: CheckedData, system_prompt: str | None = None) -> datase
         if system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
         images = [_encodable(resolve_image(ref, checked.image_dir)) for ref in sample.images]
-        rows.append({"images": images, "messages": messages})
+        rows.append({"id": sample.sample_id, "images": images, "messages": messages})
     return datasets.Dataset.from_list(rows, features=FEATURES)
 
 

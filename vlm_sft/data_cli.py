@@ -259,7 +259,8 @@ def _init(args: argparse.Namespace) -> int:
     if not images:
         print(
             f"error: {image_dir}: no image files found (.jpg, .png, .webp, ... anything PIL opens). "
-            "Fix: put the images in that folder, or point IMAGE_DIR at the folder that holds them."
+            "Fix: put the images in that folder, or point IMAGE_DIR at the folder that holds them.",
+            file=sys.stderr,
         )
         return 1
     # Paths relative to the draft's folder when the images are under it: then validate needs no --image-dir.

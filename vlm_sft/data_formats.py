@@ -33,7 +33,9 @@ _IMAGE_KEYS = ("image", "images")  # both formats accept either spelling
 _IMAGE_PART_TYPES = ("image", "image_url", "input_image")
 _PLACEHOLDER_SPLIT = re.compile(r"\n?" + re.escape(IMAGE_PLACEHOLDER) + r"\n?")
 
-ImageRef = str | dict  # a path relative to the image folder, or {"bytes": ..., "path": ...} from a Dataset
+# A path relative to the image folder, or {"bytes": ..., "path": ...}: with a path only from a `datasets`
+# source (a trusted row); a dict typed into JSON becomes a plain path or {"bytes": ..., "path": None}.
+ImageRef = str | dict
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Sample:
     index: int
     line: int | None = None
     sample_id: str | None = None
+    trusted: bool = False  # a row written by `datasets`: its image dicts' paths are not the user's
     format: str = "llava"
     image_field: str = "image"
     images: list[ImageRef] | None = field(default_factory=list)  # None: the image field itself is invalid
@@ -96,9 +99,13 @@ def content_parts(text: str) -> list[dict]:
     return parts
 
 
-def normalize(record: RawRecord, file: str, data_format: str = "auto") -> Sample:
-    """One raw record -> a Sample whose `problems` list everything wrong with its keys, types and roles."""
-    sample = Sample(file, record.index, record.line)
+def normalize(record: RawRecord, file: str, data_format: str = "auto", *, trusted: bool = False) -> Sample:
+    """One raw record -> a Sample whose `problems` list everything wrong with its keys, types and roles.
+
+    `trusted`: the record is a row `datasets` wrote (save_to_disk, Hub), so the paths in its image dicts are
+    kept as they are; in user JSON, a dict's path is checked like any other path (inside the image folder).
+    """
+    sample = Sample(file, record.index, record.line, trusted=trusted)
     value = record.value
     if not isinstance(value, dict):
         sample.problem(
@@ -189,6 +196,10 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
     for i, ref in enumerate(raw):
         where = f"{key}[{i}]" if isinstance(value.get(key), list) else key
         if isinstance(ref, dict) and (ref.get("bytes") is not None or isinstance(ref.get("path"), str)):
+            ref = _dict_ref(ref, where, sample)
+            if ref is None:
+                ok = False
+                continue
             refs.append(ref)
         elif isinstance(ref, str) and ref.strip():
             refs.append(ref)
@@ -297,6 +308,16 @@ def _inline_image(part: dict, at: str, sample: Sample) -> ImageRef | None | bool
     url = part.get("image_url")
     url = url.get("url") if isinstance(url, dict) else url
     ref = next((v for v in (part.get("image"), part.get("path"), url) if v is not None), None)
+    if isinstance(ref, dict) and part.get("type") == "image":
+        if ref.get("bytes") is None and not isinstance(ref.get("path"), str):
+            sample.problem(
+                at,
+                f"expected an image path or {{'bytes': ...}}, got {_kind(ref)}.",
+                "give the path relative to the image folder.",
+            )
+            return False
+        ref = _dict_ref(ref, at, sample)
+        return False if ref is None else ref
     if ref is None or isinstance(ref, dict):
         if part.get("type") != "image":
             sample.problem(
@@ -329,6 +350,39 @@ def _inline_image(part: dict, at: str, sample: Sample) -> ImageRef | None | bool
             )
             return False
     return ref.removeprefix("file://")
+
+
+def _dict_ref(ref: dict, where: str, sample: Sample) -> ImageRef | None:
+    """An image dict as the rest of the pipeline may trust it; None (reported) when it is unusable.
+
+    A `datasets` row keeps its dict (`datasets` wrote the path). A dict typed into JSON is the user's: its
+    bytes (a list of byte values, or base64 text) are embedded, else its path becomes a plain path, checked
+    like any other (inside the image folder, no absolute path, no symlink out).
+    """
+    if sample.trusted:
+        return ref
+    raw = ref.get("bytes")
+    if raw is None:
+        path = ref["path"]
+        if not path.strip():
+            sample.problem(
+                where, "expected an image path, got an empty 'path'.", "give the path relative to the image folder."
+            )
+            return None
+        return path
+    try:
+        if isinstance(raw, str):
+            return {"bytes": base64.b64decode(raw, validate=True), "path": None}
+        if isinstance(raw, list):
+            return {"bytes": bytes(raw), "path": None}
+    except (binascii.Error, TypeError, ValueError):
+        pass
+    sample.problem(
+        where,
+        f"expected 'bytes' as base64 text or a list of byte values, got {_kind(raw)}.",
+        "give the image file's path relative to the image folder instead.",
+    )
+    return None
 
 
 def _kind(value: Any) -> str:

@@ -37,6 +37,9 @@ class Source:
     records: list[RawRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     base_dir: Path | None = None  # image paths are relative to this unless image_dir is given
+    # Rows written by `datasets` (save_to_disk, Hub): their {"bytes", "path"} image dicts may hold absolute
+    # paths that `datasets` wrote itself. Never true for JSON a person typed.
+    trusted: bool = False
 
 
 def read_source(path: str | Path, *, split: str | tuple[str, ...] | None = None) -> Source:
@@ -188,7 +191,7 @@ def _raw_rows(ds: datasets.Dataset, batch_size: int = 256):
 
 
 def _dataset_source(name: str, ds: Any, split: str | tuple[str, ...] | None, base_dir: Path | None) -> Source:
-    source = Source(name, base_dir=base_dir)
+    source = Source(name, base_dir=base_dir, trusted=True)
     if isinstance(ds, datasets.DatasetDict):
         wanted = (split,) if isinstance(split, str) else tuple(split or ("train",))
         found = [s for s in wanted if s in ds] or (list(ds) if len(ds) == 1 else [])

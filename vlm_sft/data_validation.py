@@ -133,7 +133,9 @@ def resolve_image(ref: ImageRef, image_dir: Path | None) -> Path | bytes | str:
         if ref.get("bytes") is not None:
             return bytes(ref["bytes"])
         ref = ref["path"]
-        if os.path.isabs(ref):  # written by `datasets` itself (an Image column), not typed by a person
+        # Only rows from a `datasets` source keep path dicts (`normalize(trusted=True)`): `datasets` wrote the
+        # absolute path itself. Normalisation turns dicts typed into JSON into plain paths, checked below.
+        if os.path.isabs(ref):
             return Path(ref)
     if os.path.isabs(ref) or ref.startswith("~"):
         return f"{ref!r} is an absolute path; image paths must be relative to the image folder."

@@ -75,15 +75,26 @@ _VISION_TARGETS = {
 
 
 def components_for(config: Any) -> Components:
-    """The family's module map, or a clear refusal for a family we have not mapped."""
+    """The family's module map, or a clear refusal (listing the model's parts) for a family we have not mapped."""
     model_type = getattr(config, "model_type", None)
     if model_type not in COMPONENTS:
         raise ValueError(
             f"Unsupported model family {model_type!r}: vlm-sft needs to know which modules are the vision tower, "
-            f"the projector and the language model to keep LoRA off the vision tower. Supported: "
-            f"{', '.join(sorted(COMPONENTS))}. Add the family to vlm_sft.model.COMPONENTS."
+            f"the projector and the language model to keep LoRA off the vision tower, and will not guess. Its "
+            f"modules: {', '.join(_module_outline(config)) or 'unknown'}. Supported: {', '.join(sorted(COMPONENTS))}. "
+            "Add the family to vlm_sft.model.COMPONENTS with the paths of its three parts."
         )
     return COMPONENTS[model_type]
+
+
+def _module_outline(config: Any) -> list[str]:
+    """Module paths two levels deep, from the architecture built on the meta device (no weights, no memory)."""
+    try:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    except Exception:  # not an image-text-to-text architecture transformers knows: nothing to inspect
+        return []
+    return [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
 
 
 def lora_target_regex(parts: Components, preset: str, on_vision_tower: bool = False) -> str:
@@ -167,7 +178,7 @@ def guard_cpu_4bit(model: torch.nn.Module) -> None:
 
 def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfig, vision: VisionArguments):
     """Freeze everything, then add LoRA (language model only unless asked) and train the projector fully."""
-    lora: LoraConfig = get_peft_config(model_args) or LoraConfig(r=model_args.lora_r)
+    lora: LoraConfig = get_peft_config(model_args)  # use_peft is checked when the recipe is parsed
     if not model_args.lora_target_modules:
         lora.target_modules = lora_target_regex(parts, vision.lora_target, vision.lora_on_vision_tower)
     to_save = list(model_args.lora_modules_to_save or [])

@@ -58,7 +58,35 @@ def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, VisionArguments))
-    return parser.parse_args_and_config(argv)
+    args = parser.parse_args_and_config(argv)
+    check_supported(*args)
+    return args
+
+
+# Keys TRL's dataclasses accept that this pipeline would otherwise ignore: name ours instead.
+_UNSUPPORTED = {
+    "packing": (False, "vision samples are never packed (image tokens would be cut)"),
+    "padding_free": (False, "vision batches are padded to their longest sample"),
+    "assistant_only_loss": (False, "the loss is always on assistant replies only (see train_on)"),
+    "completion_only_loss": (None, "the loss is always on assistant replies only (see train_on)"),
+    "dataset_config": (None, "name the data with train_file / eval_file"),
+    "dataset_streaming": (False, "datasets are loaded and validated in full before training"),
+    "dataset_train_split": ("train", "give the split's file or folder as train_file"),
+    "dataset_test_split": ("test", "give eval_file or eval_fraction"),
+}
+
+
+def check_supported(script_args, training_args, model_args, vision) -> None:
+    """Refuse recipe values this pipeline does not honour, rather than ignore them silently."""
+    if not model_args.use_peft:
+        raise ValueError(
+            "use_peft is false: vlm-sft trains LoRA / QLoRA adapters and has no full fine-tuning path. "
+            "Set `use_peft: true` in the recipe (r, alpha, dropout, rsLoRA and DoRA come from its lora_* keys)."
+        )
+    for key, (default, instead) in _UNSUPPORTED.items():
+        value = getattr(script_args if hasattr(script_args, key) else training_args, key, default)
+        if value != default:
+            raise ValueError(f"{key}={value!r} is not supported by vlm-sft: {instead}. Remove it from the recipe.")
 
 
 def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
@@ -69,7 +97,13 @@ def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
     too_long = [i for i, n in enumerate(lengths) if n > collator.max_length]
     if not too_long:
         return dataset
-    listed = ", ".join(f"#{i} ({lengths[i]} tokens)" for i in too_long[:10])
+    shown = too_long[:10]
+    # Name samples by their id where the data has one (index only: the image column is never decoded here).
+    ids = dataset.select_columns("id").select(shown)["id"] if "id" in dataset.column_names else [None] * len(shown)
+    listed = ", ".join(
+        f"#{i} ({lengths[i]} tokens)" if sid is None else f"sample {sid!r} (#{i}, {lengths[i]} tokens)"
+        for i, sid in zip(shown, ids, strict=True)
+    )
     if collator.too_long == "error":
         raise SampleTooLongError(
             f"{len(too_long)} {name} samples are longer than max_length={collator.max_length} (text plus image "
@@ -97,7 +131,14 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         trust_remote_code=training_args.trust_remote_code,
     )
     collator = VisionSFTCollator(
-        processor, max_length=training_args.max_length, too_long=vision.too_long, train_on=vision.train_on
+        processor,
+        max_length=training_args.max_length,
+        too_long=vision.too_long,
+        train_on=vision.train_on,
+        # TRL's "auto" pads only on Neuron devices; elsewhere it means no padding multiple.
+        pad_to_multiple_of=None
+        if training_args.pad_to_multiple_of in (None, "auto")
+        else int(training_args.pad_to_multiple_of),
     )
     train_ds = _enforce_max_length(train_ds, collator, "train")
     eval_ds = _enforce_max_length(eval_ds, collator, "eval")
@@ -113,7 +154,7 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     stale = check_output_dir(
         training_args.output_dir,
         overwrite=vision.overwrite_output_dir,
-        resuming=resume_requested(training_args.resume_from_checkpoint),
+        resuming=resume_from is not None,  # `true` with nothing to resume must not overwrite a finished run
     )
     state = PartialState()
     state.wait_for_everyone()  # every rank has looked before the main process deletes anything
