@@ -178,7 +178,9 @@ def guard_cpu_4bit(model: torch.nn.Module) -> None:
 
 def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfig, vision: VisionArguments):
     """Freeze everything, then add LoRA (language model only unless asked) and train the projector fully."""
-    lora: LoraConfig = get_peft_config(model_args)  # use_peft is checked when the recipe is parsed
+    lora: LoraConfig | None = get_peft_config(model_args)
+    if lora is None:
+        raise ValueError("model_args.use_peft is false: vlm-sft trains LoRA adapters only; set use_peft=True.")
     if not model_args.lora_target_modules:
         lora.target_modules = lora_target_regex(parts, vision.lora_target, vision.lora_on_vision_tower)
     to_save = list(model_args.lora_modules_to_save or [])
