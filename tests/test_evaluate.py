@@ -129,13 +129,14 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
         chat_template = "{{ messages }}"
 
     monkeypatch.setattr(evaluate, "_load_processor", lambda path, revision: Processor())
-    monkeypatch.setattr(evaluate, "_load", lambda base, rev, a, device, dtype: a.name if a else "base")
+    monkeypatch.setattr(evaluate, "resolve_adapter", lambda path, revision=None: Path(path))
+    monkeypatch.setattr(evaluate, "_load", lambda base, rev, folder, device, dtype: folder.name if folder else "base")
     seen: dict[str, dict] = {}
 
     def fake_generate(model, processor, rows, **kwargs):
         seen[model] = kwargs
         assert [r["messages"][-1]["role"] for r in rows] == ["assistant"] * 5  # the reply is cut off later
-        return CRAFTED["tuned" if model == "t" else model]
+        return CRAFTED[model]
 
     monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
     out = tmp_path / "report"
@@ -170,7 +171,7 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
         capsys, f"t={adapter}", "--base", "b", "--eval-file", eval_file, "--out", out, "--no-base",
         "--do-sample", "--temperature", "0.7",
     )  # fmt: skip
-    assert code == 0 and seen["t"]["do_sample"] and seen["t"]["temperature"] == 0.7 and "base" not in seen
+    assert code == 0 and seen["tuned"]["do_sample"] and seen["tuned"]["temperature"] == 0.7 and "base" not in seen
     report = assert_files_agree(out)
     assert [m["name"] for m in report["models"]] == ["t"] and "Δ" not in (out / "eval_report.md").read_text()
     assert "sampling (T=0.7" in (out / "eval_report.md").read_text()
@@ -260,7 +261,8 @@ def test_base_without_chat_template_is_prompted_with_the_adapters_processor(tmp_
 
     processors = {"plain/base": Processor(None), "a1": Processor("{{ one }}"), "a2": None}  # a2 saved none
     monkeypatch.setattr(evaluate, "_load_processor", lambda path, revision: processors[path])
-    monkeypatch.setattr(evaluate, "_load", lambda base, rev, a, device, dtype: a.name if a else "base")
+    monkeypatch.setattr(evaluate, "resolve_adapter", lambda path, revision=None: Path(path))
+    monkeypatch.setattr(evaluate, "_load", lambda base, rev, folder, device, dtype: folder.name if folder else "base")
     used = {}
 
     def fake_generate(model, processor, rows, **kwargs):
@@ -271,3 +273,56 @@ def test_base_without_chat_template_is_prompted_with_the_adapters_processor(tmp_
     eval_set = evaluate.load_eval_set(_workbench_set(tmp_path))
     evaluate.evaluate_models(eval_set, [AdapterSpec("a1"), AdapterSpec("a2")], base="plain/base", progress=False)
     assert used == {"base": processors["a1"], "a1": processors["a1"], "a2": processors["a1"]}
+
+
+def test_generate_answers_nests_images_per_sample_like_the_collator():
+    import torch
+
+    seen = {}
+
+    class Inputs(dict):
+        def to(self, device):
+            return self
+
+    class Tokenizer:
+        bos_token, pad_token_id = None, 0
+
+    class Processor:
+        tokenizer = Tokenizer()
+
+        def apply_chat_template(self, prompts, **kwargs):
+            return ["q"] * len(prompts)
+
+        def __call__(self, text, images, **kwargs):
+            seen.setdefault("images", []).append(images)
+            return Inputs(input_ids=torch.zeros(len(text), 2, dtype=torch.long))
+
+        def batch_decode(self, tokens, **kwargs):
+            return ["a"] * len(tokens)
+
+    class Model:
+        device = "cpu"
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, **kwargs):
+            return torch.zeros(input_ids.shape[0], 3, dtype=torch.long)
+
+    def row(images):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        return {"messages": messages, "images": images}
+
+    rows = [row(["img1"]), row([]), row(None), row(["img2", "img3"]), row([])]
+    answers = evaluate.generate_answers(Model(), Processor(), rows, batch_size=3)
+    assert answers == ["a"] * 5
+    assert seen["images"] == [[["img1"], [], []], [["img2", "img3"], []]]
+    seen.clear()
+    evaluate.generate_answers(Model(), Processor(), rows[1:3], batch_size=3)
+    assert seen["images"] == [None]  # a text-only batch has no images at all
+
+
+def test_quickstart_refuses_a_missing_recipe(tmp_path, capsys):
+    code = main(["quickstart", "report", "--recipe", str(tmp_path / "nope.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot read the recipe") and "nope.yaml" in err

@@ -333,3 +333,25 @@ def test_infer_interactive_chat(trained, image, monkeypatch, capsys):
     assert cli(args) == 0
     replies = capsys.readouterr().out.strip().split("\n")
     assert len(replies) == 2 and replies[0] == single
+
+
+def test_adapter_with_only_pickled_weights_is_refused(tmp_path, capsys):
+    from vlm_sft.hub import resolve_adapter
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": BASE_ID}))
+    (folder / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors"):
+        resolve_adapter(folder)
+    assert cli(["merge", "--adapter", str(folder), "--out", str(tmp_path / "merged")]) == 1
+    assert "adapter_model.safetensors" in capsys.readouterr().err and not (tmp_path / "merged").exists()
+
+
+def test_infer_reports_a_missing_or_corrupt_image_without_traceback(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    for image in (tmp_path / "missing.png", corrupt):
+        assert cli(["infer", "--adapter", str(tmp_path), "--image", str(image), "--prompt", "?"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot read the image") and "Traceback" not in err

@@ -87,3 +87,15 @@ def test_merge_refuses_quantized_base_and_bad_targets(adapter, tiny_llava, tmp_p
     with pytest.raises(FileExistsError):
         merge_adapter(adapter, tmp_path / "full")
     assert cli(["merge", "--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "m3")]) == 1
+
+
+def test_merge_that_fails_midway_leaves_no_folder(adapter, tmp_path, monkeypatch):
+    from vlm_sft import hub
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash while writing the card")
+
+    monkeypatch.setattr(hub, "build_merged_card", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        merge_adapter(adapter, tmp_path / "merged", dtype="float32")
+    assert list(tmp_path.iterdir()) == [], "neither the output folder nor the partial one is left behind"

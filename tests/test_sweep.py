@@ -111,7 +111,8 @@ def test_two_run_sweep_end_to_end(tiny_llava, digits, tmp_path, capsys):
         state = json.loads((out / name / "trainer_state.json").read_text())
         assert run["steps"] == state["global_step"] == 8
         assert run["loss_curve"] == [[e["step"], e["loss"]] for e in state["log_history"] if "loss" in e]
-        assert run["final_loss"] == run["loss_curve"][-1][1] and run["steps_to_threshold"] == 2
+        last5 = [loss for _, loss in run["loss_curve"][-5:]]
+        assert run["final_loss"] == pytest.approx(sum(last5) / len(last5)) and run["steps_to_threshold"] == 2
         adapter_config = json.loads((out / name / "adapter_config.json").read_text())
         assert adapter_config["lora_alpha"] == run["params"]["lora_alpha"] == 2 * adapter_config["r"]
         assert 0.0 <= run["eval_score"] <= 1.0 and (out / name / "loss.png").is_file()
@@ -138,3 +139,9 @@ def test_two_run_sweep_end_to_end(tiny_llava, digits, tmp_path, capsys):
         assert png.format == "PNG" and png.width >= 600
     drawn = plot_sweep(result["runs"], tmp_path / "redrawn.png", threshold=100.0)  # what the picture shows
     assert {k: [list(p) for p in v] for k, v in drawn.items()} == {n: r["loss_curve"] for n, r in runs.items()}
+
+
+def test_final_loss_is_the_mean_of_the_last_five_logged_losses():
+    curve = [(step, float(step)) for step in range(1, 9)]
+    assert sweep.final_loss(curve) == pytest.approx((4 + 5 + 6 + 7 + 8) / 5)
+    assert sweep.final_loss(curve[:2]) == pytest.approx(1.5) and sweep.final_loss([]) is None

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from vlm_sft.collator import _clean_messages, _reply_text
-from vlm_sft.metrics import HEADLINE, headline_value, normalize, score
+from vlm_sft.collator import _clean_messages, _images, _reply_text
+from vlm_sft.hub import attach_adapter, base_of, load_base_model, resolve_adapter
+from vlm_sft.metrics import HEADLINE, headline_value, score
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +30,9 @@ __all__ = [
     "AdapterSpec",
     "EvalSet",
     "evaluate_models",
-    "exact_match_accuracy",
     "format_table",
     "generate_answers",
     "load_eval_set",
-    "normalize",
     "split_prompt",
     "write_report",
 ]
@@ -74,10 +73,9 @@ def generate_answers(
         prompts = [split_prompt(r["messages"])[0] for r in batch]
         texts = processor.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
         bos = processor.tokenizer.bos_token
-        images = [img for r in batch for img in (r.get("images") or [])]
         inputs = processor(
             text=texts,
-            images=images or None,
+            images=_images(batch),  # nested per sample, as in training (mixed text-only/image batches)
             padding=True,
             padding_side="left",  # generation continues every row from its last token
             add_special_tokens=not (bos and all(t.startswith(bos) for t in texts)),
@@ -95,13 +93,6 @@ def generate_answers(
         bar.update(len(batch))
     bar.close()
     return answers
-
-
-def exact_match_accuracy(predictions: list[str], references: list[str]) -> float:
-    """Share of predictions equal to the reference after normalisation."""
-    if not references:
-        return 0.0
-    return sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -172,16 +163,6 @@ def load_eval_set(
     return EvalSet(str(path), rows, references, questions, _image_names(ds, n))
 
 
-def base_model_of(adapter: AdapterSpec) -> str:
-    """The base model an adapter was trained on (`base_model_name_or_path` in its adapter_config.json)."""
-    from peft import PeftConfig
-
-    config = PeftConfig.from_pretrained(adapter.path, revision=adapter.revision)
-    if not config.base_model_name_or_path:
-        raise ValueError(f"{adapter.path}: adapter_config.json names no base model; pass it with --base.")
-    return config.base_model_name_or_path
-
-
 def _device_and_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -203,20 +184,14 @@ def _with_template(processor: Any | None) -> Any | None:
     return processor if getattr(processor, "chat_template", None) else None
 
 
-def _load(base: str, base_revision: str | None, adapter: AdapterSpec | None, device: str, dtype: torch.dtype):
-    """A fresh base model, with the adapter on top when given.
+def _load(base: str, base_revision: str | None, adapter_dir: Path | None, device: str, dtype: torch.dtype):
+    """A fresh base model (`vlm_sft.hub`'s loader), with the adapter of a resolved folder on top when given.
 
     Fresh for every adapter because PEFT's `unload()` keeps the trained copy of `modules_to_save` (our
     projector): reusing one base across adapters would evaluate later ones on an already-tuned projector.
     """
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(base, revision=base_revision, dtype=dtype).to(device)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter.path, revision=adapter.revision)
-    return model
+    model = load_base_model(base, base_revision, dtype).to(device)
+    return attach_adapter(model, adapter_dir) if adapter_dir is not None else model
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -244,24 +219,27 @@ def evaluate_models(
     """Generate with the base model and each adapter, score every answer; the report as a dict (see write_report)."""
     if not adapters and not include_base:
         raise ValueError("Nothing to evaluate: give at least one adapter, or keep the base model in.")
-    if base is None:
-        if not adapters:
-            raise ValueError("Give the base model (--base) when evaluating no adapter.")
-        base = base_model_of(adapters[0])
-    for adapter in adapters:
-        try:
-            trained_on = base_model_of(adapter)
-        except (OSError, ValueError):
-            continue  # loading the adapter below says what is wrong with it
-        if trained_on != base:  # legitimate (a local copy of a Hub model), but worth a look
-            logger.warning("%s was trained on %s; evaluating it on %s.", adapter.name, trained_on, base)
     names = [a.name for a in adapters]
     if len(set(names)) != len(names) or "base" in names:
         raise ValueError(f"Adapter names must be unique and not 'base'; got {names}. Name them: NAME=PATH.")
+    # Local folders, or HF-cache snapshots of Hub ids; refused here when not a safetensors adapter.
+    folders = {a.name: resolve_adapter(a.path, a.revision) for a in adapters}
+    if base is None:
+        if not adapters:
+            raise ValueError("Give the base model (--base) when evaluating no adapter.")
+        base, trained_revision = base_of(folders[adapters[0].name], None)
+        base_revision = base_revision or trained_revision
+    for adapter in adapters:
+        try:
+            trained_on, _ = base_of(folders[adapter.name], None)
+        except (OSError, ValueError):
+            continue  # an explicit base is evaluated whatever the adapter names
+        if trained_on != base:  # legitimate (a local copy of a Hub model), but worth a look
+            logger.warning("%s was trained on %s; evaluating it on %s.", adapter.name, trained_on, base)
     torch_device, torch_dtype = _device_and_dtype(device, dtype)
     # Each adapter's own processor (saved with it) when it has a chat template; the base's otherwise. A base
     # without a chat template (a pretrained, not chat-tuned, model) is prompted with the adapter's.
-    own = {a.name: _with_template(_load_processor(a.path, a.revision)) for a in adapters}
+    own = {a.name: _with_template(_load_processor(str(folders[a.name]), None)) for a in adapters}
     base_processor = _with_template(_load_processor(base, base_revision)) or next(filter(None, own.values()), None)
     generation = {
         "batch_size": batch_size,
@@ -278,7 +256,7 @@ def evaluate_models(
         processor = own.get(name) or base_processor
         if processor is None:
             raise ValueError(f"No processor with a chat template for {name!r} (looked in the adapter and in {base}).")
-        model = _load(base, base_revision, adapter, torch_device, torch_dtype)
+        model = _load(base, base_revision, folders[name] if adapter else None, torch_device, torch_dtype)
         torch.manual_seed(seed)  # only matters when sampling; greedy decoding is deterministic
         start = time.perf_counter()
         answers[name] = generate_answers(

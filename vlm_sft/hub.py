@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ REPORT_FILES = (
     SUMMARY_FILE,
 )
 # What a pull never fetches: training state that an adapter repo may hold when a user pushed it on purpose.
-PULL_IGNORE = ["checkpoint-*", "runs/*", "*.pt", "*.pth", "training_args.bin"]
+# `*.bin`: pickles (training_args.bin, a legacy adapter_model.bin) are never fetched; adapters load from safetensors.
+PULL_IGNORE = ["checkpoint-*", "runs/*", "*.pt", "*.pth", "*.bin"]
 MERGE_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -214,7 +216,7 @@ def resolve_adapter(adapter: str | Path, revision: str | None = None) -> Path:
             raise ValueError(f"--revision is for Hub ids; {adapter} is a local folder.")
         if not (path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"No adapter_config.json in {path}: is it an adapter folder?")
-        return path
+        return _require_safetensors(path, str(adapter))
     if not is_hub_id(str(adapter)):
         raise FileNotFoundError(f"{str(adapter)!r} is neither a local folder nor a Hub id (namespace/name).")
     from huggingface_hub import constants, snapshot_download
@@ -231,10 +233,20 @@ def resolve_adapter(adapter: str | Path, revision: str | None = None) -> Path:
         ) from err
     if not Path(local, "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter_config.json: is it an adapter repo?")
-    return Path(local)
+    return _require_safetensors(Path(local), str(adapter))
 
 
-def _base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
+def _require_safetensors(adapter_dir: Path, adapter: str) -> Path:
+    """Adapters load from safetensors only: PEFT would otherwise unpickle `adapter_model.bin` (arbitrary code)."""
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{adapter} has no adapter_model.safetensors; pickled weights (adapter_model.bin) are not loaded. "
+            "Re-save the adapter with safetensors (PEFT's default)."
+        )
+    return adapter_dir
+
+
+def base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
     """The base model to load (explicit, else the one the adapter names) and its revision when known."""
     if base:
         return base, None
@@ -252,8 +264,11 @@ def _base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
     return name, revision
 
 
-def load_base_model(base: str, revision: str | None = None, dtype: str = "auto", device_map: str | None = None) -> Any:
-    """The base model in 16/32-bit (never quantized): what inference and merging start from."""
+def load_base_model(base: str, revision: str | None = None, dtype: Any = "auto", device_map: str | None = None) -> Any:
+    """The base model in 16/32-bit (never quantized), from safetensors: what inference, eval and merging start from.
+
+    `dtype`: "auto", a torch dtype name ("bfloat16") or a `torch.dtype`.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -264,10 +279,17 @@ def load_base_model(base: str, revision: str | None = None, dtype: str = "auto",
             "Load the adapter onto the 16-bit original instead (--base <its Hub id>): merging into quantized "
             "weights degrades the model."
         )
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     return AutoModelForImageTextToText.from_pretrained(
-        base, revision=revision, dtype=torch_dtype, device_map=device_map
+        base, revision=revision, dtype=torch_dtype, device_map=device_map, use_safetensors=True
     )
+
+
+def attach_adapter(model: Any, adapter_dir: Path) -> Any:
+    """`model` with the adapter of a folder checked by `resolve_adapter` (so its weights are safetensors)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir)
 
 
 def load_adapter_model(
@@ -279,12 +301,11 @@ def load_adapter_model(
     device_map: str | None = None,
 ) -> tuple[Any, Any, Path]:
     """(base + adapter in eval mode, the adapter's processor, the adapter's local folder)."""
-    from peft import PeftModel
     from transformers import AutoProcessor
 
     adapter_dir = resolve_adapter(adapter, revision)
-    base_name, base_revision = _base_of(adapter_dir, base)
-    model = PeftModel.from_pretrained(load_base_model(base_name, base_revision, dtype, device_map), adapter_dir)
+    base_name, base_revision = base_of(adapter_dir, base)
+    model = attach_adapter(load_base_model(base_name, base_revision, dtype, device_map), adapter_dir)
     model.eval()
     processor = AutoProcessor.from_pretrained(adapter_dir)  # the run's processor and chat template
     return model, processor, adapter_dir
@@ -299,8 +320,11 @@ def merge_adapter(
     base_model_id: str | None = None,
     dtype: str = "bfloat16",
 ) -> Path:
-    """Merge the adapter into its base loaded in `dtype` (16-bit, never 4-bit); save model, processor and card."""
-    from peft import PeftModel
+    """Merge the adapter into its base loaded in `dtype` (16-bit, never 4-bit); save model, processor and card.
+
+    Everything is written into a hidden sibling folder that is renamed to `out_dir` at the end, so a crash
+    never leaves a folder that looks like a (partial) model.
+    """
     from transformers import AutoProcessor
 
     if dtype not in MERGE_DTYPES:
@@ -309,19 +333,28 @@ def merge_adapter(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: merge into a new folder.")
     adapter_dir = resolve_adapter(adapter, revision)
-    base_name, base_revision = _base_of(adapter_dir, base)
-    model = PeftModel.from_pretrained(load_base_model(base_name, base_revision, dtype), adapter_dir)
+    base_name, base_revision = base_of(adapter_dir, base)
+    model = attach_adapter(load_base_model(base_name, base_revision, dtype), adapter_dir)
     merged = model.merge_and_unload()  # W + (alpha / r) * B @ A, and the fully trained projector swapped in
-    merged.save_pretrained(out)
-    AutoProcessor.from_pretrained(adapter_dir).save_pretrained(out)  # processor + chat template travel along
-    card = build_merged_card(
-        adapter_dir,
-        adapter_ref=str(adapter),
-        revision=revision,
-        base_model=base_model_id or (base_name if is_hub_id(base_name) else None),
-        dtype=dtype,
-        out_ref=str(out),
-    )
-    card.save(out / "README.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        merged.save_pretrained(partial)
+        AutoProcessor.from_pretrained(adapter_dir).save_pretrained(partial)  # processor + chat template travel along
+        card = build_merged_card(
+            adapter_dir,
+            adapter_ref=str(adapter),
+            revision=revision,
+            base_model=base_model_id or (base_name if is_hub_id(base_name) else None),
+            dtype=dtype,
+            out_ref=str(out),
+        )
+        card.save(partial / "README.md")
+        if out.exists():
+            out.rmdir()  # empty (checked above); fails, keeping both, if something was written there meanwhile
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     logger.info("Merged %s into %s (%s): %s", adapter, base_name, dtype, out)
     return out

@@ -103,13 +103,18 @@ def infer(args: argparse.Namespace) -> int:
 
     from vlm_sft.hub import load_adapter_model
 
-    image = Image.open(args.image).convert("RGB")
+    try:
+        with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
+            image = opened.convert("RGB")
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
+        return 1
     device_map = "auto" if args.device == "auto" and torch.cuda.is_available() else None
     try:
         model, processor, adapter_dir = load_adapter_model(
             args.adapter, revision=args.revision, base=args.base, dtype=args.dtype, device_map=device_map
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: also a base or adapter transformers/PEFT cannot load
         print(f"error: {err}", file=sys.stderr)
         return 1
     system = _system_prompt(adapter_dir, args.system)
@@ -171,7 +176,7 @@ def merge(args: argparse.Namespace) -> int:
             base_model_id=args.base_model_id,
             dtype=args.dtype,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: an existing --out, a missing or unloadable base or adapter
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"merged model: {out}")

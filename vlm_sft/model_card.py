@@ -24,6 +24,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from vlm_sft.report import adapter_size_mb
+
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
@@ -51,11 +53,6 @@ def is_hub_id(value: str | None) -> bool:
 def is_hub_dataset_id(value: str | None) -> bool:
     """A Hub dataset id, not a data file such as `data/train.json` (which is also a syntactically valid id)."""
     return is_hub_id(value) and not str(value).lower().endswith(_DATA_SUFFIXES)
-
-
-def adapter_size_mb(output_dir: str | Path) -> float:
-    """Size of the saved adapter weights in MB (as vlm_sft.report, without importing torch and PEFT for a push)."""
-    return sum(f.stat().st_size for f in Path(output_dir).glob("adapter_model*.safetensors")) / 1e6
 
 
 def framework_versions(quantized: bool = False) -> dict[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
@@ -74,8 +75,17 @@ def report(recipe: dict, limit: int | None, batch_size: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     logging.basicConfig(level=logging.WARNING)
-    recipe = _recipe(args.recipe)
+    try:
+        recipe = _recipe(args.recipe)
+    except (OSError, yaml.YAMLError) as err:
+        print(f"error: cannot read the recipe {args.recipe}: {err}", file=sys.stderr)
+        return 2
+    if not isinstance(recipe, dict):
+        print(f"error: the recipe {args.recipe} is not a YAML mapping.", file=sys.stderr)
+        return 2
     if args.step == "prepare":
         prepare(recipe)
     else:

@@ -6,10 +6,12 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch and the model module stay unimported for `adapter_size_mb` (model cards, push)
+    import torch
 
-from vlm_sft.model import Components
+    from vlm_sft.model import Components
 
 _PEFT_PREFIX = re.compile(r"^base_model\.model\.")
 # PEFT keeps the original module beside the trained copy of a `modules_to_save` module.
@@ -20,6 +22,8 @@ _LORA = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
 def _numel(param: torch.Tensor) -> int:
     """Logical parameter count; bitsandbytes 4-bit weights are stored packed two per byte."""
+    import torch
+
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
     return int(torch.Size(shape).numel()) if shape is not None else param.numel()
 

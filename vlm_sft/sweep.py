@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 _EVAL_KEYS = {"limit", "batch_size", "max_new_tokens"}
 # Short names for grid values in run names: r16-attention, not lora_r=16_lora_target=attention.
 _SHORT = {"lora_r": "r", "lora_target": "", "learning_rate": "lr", "lora_dropout": "drop"}
+FINAL_LOSS_STEPS = 5  # "final loss": the mean of the last 5 logged training losses
 
 
 @dataclass
@@ -144,6 +145,12 @@ def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int 
     return next((step for step, loss in curve if loss <= threshold), None)
 
 
+def final_loss(curve: list[tuple[int, float]], last: int = FINAL_LOSS_STEPS) -> float | None:
+    """Mean of the last `last` logged training losses (each already a logging window's mean); None if none."""
+    tail = [loss for _, loss in curve[-last:]]
+    return sum(tail) / len(tail) if tail else None
+
+
 def collect(spec: SweepSpec, config: dict, wall_seconds: float) -> dict:
     """A finished run's numbers, read from what training wrote to its output folder."""
     from vlm_sft.plots import loss_curves
@@ -164,8 +171,7 @@ def collect(spec: SweepSpec, config: dict, wall_seconds: float) -> dict:
         "train_seconds": None if runtime is None else round(runtime, 1),
         "steps": state["global_step"],
         "logging_steps": state.get("logging_steps"),
-        # the Trainer logs the mean loss over each logging window, so this is the last window's mean
-        "final_loss": curve[-1][1] if curve else None,
+        "final_loss": final_loss(curve),
         "steps_to_threshold": steps_to_threshold(curve, spec.loss_threshold),
         "loss_curve": [list(p) for p in curve],
         "eval_score": None,
@@ -261,8 +267,8 @@ def format_markdown(result: dict) -> str:
         "",
         f"Base recipe `{sweep['base_recipe']}`; every run overrides {overrides}; {alpha}.",
         f"Training loss is logged every {any_run.get('logging_steps')} steps (the mean over that window): "
-        f'"final loss" is the last window\'s; "steps to loss ≤ {sweep["loss_threshold"]:g}" is the first logged step '
-        "whose window is at or under it.",
+        f'"final loss" is the mean over the last {FINAL_LOSS_STEPS} logged steps; '
+        f'"steps to loss ≤ {sweep["loss_threshold"]:g}" is the first logged step whose window is at or under it.',
     ]
     if result["base_eval_score"] is not None:
         limit = (sweep["eval"] or {}).get("limit")
