@@ -232,7 +232,6 @@ def test_cli_builtin_id_offline(qlora_yaml, capsys, monkeypatch):
     assert "gradient checkpointing on <- recipe" in out and "|theta|/2" in out
 
 
-@pytest.mark.skipif(not (REPO / "recipes" / "llava_qlora.yaml").exists(), reason="recipe not written yet")
 def test_cli_with_the_repository_recipe(capsys):
     assert cli_main(["estimate", "llava-hf/llava-1.5-7b-hf", "--recipe", "recipes/llava_qlora.yaml", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
