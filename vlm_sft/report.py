@@ -59,7 +59,11 @@ def trainable_parameters(model: torch.nn.Module, parts: Components) -> dict:
             lora_targets[plain.rsplit(".", 1)[-1] if "." in plain else plain] += param.numel()
     order = ["vision_tower", "projector", "language_model", "lm_head", "other"]
     comps = {
-        c: {"trainable": trainable[c], "total": total[c], "percent": round(100 * trainable[c] / total[c], 4)}
+        c: {
+            "trainable": trainable[c],
+            "total": total[c],
+            "percent": round(100 * trainable[c] / total[c], 4) if total[c] else 0.0,
+        }
         for c in order
         if total[c] or trainable[c]
     }
