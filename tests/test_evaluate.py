@@ -215,8 +215,9 @@ def test_training_writes_loss_png_with_train_and_eval_loss(trained):
 
 def test_quickstart_numbers_come_from_the_eval_report(trained, capsys):
     from vlm_sft.quickstart import report
+    from vlm_sft.recipe import load_recipe
 
-    line = report(trained["recipe"], limit=None, batch_size=32)
+    line = report(load_recipe(trained["recipe_file"]), limit=None, batch_size=32)
     match = re.fullmatch(r"quickstart: base_accuracy=(\d\.\d\d) finetuned_accuracy=(\d\.\d\d) train_seconds=\d+", line)
     assert match, line
     result = assert_files_agree(trained["out"] / "eval")
@@ -245,6 +246,33 @@ def test_eval_cli_on_a_json_and_numeric_set_with_the_real_model(trained, tmp_pat
     answers = [[e["answers"] for e in outs[b]["examples"]] for b in (1, 5)]
     assert answers[0] == answers[1], "left padding: a row's answer does not depend on its batch"
     assert outs[5]["models"][1]["metrics"]["kinds"] == {"json": 2, "numeric": 2, "text": 1}
+
+
+def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(trained, tmp_path, capsys):
+    """No eval_file: `--recipe` evaluates the seeded eval_fraction split, system prompt included, as training."""
+    from vlm_sft.data import load_splits
+    from vlm_sft.evaluate import _image_names
+    from vlm_sft.recipe import load_recipe, recipe_eval_set
+
+    recipe = {k: v for k, v in trained["recipe"].items() if k != "eval_file"}
+    recipe.update(eval_fraction=0.05, system_prompt="Answer with one digit.", output_dir=str(trained["out"]))
+    recipe_file = tmp_path / "fraction.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    _, training_args, _, vision = load_recipe(recipe_file)
+    held_out = load_splits(vision, seed=training_args.seed)[1]  # what train() evaluates on
+    assert held_out is not None and len(held_out) == 16
+
+    eval_set = recipe_eval_set(load_recipe(recipe_file))
+    assert [r["messages"] for r in eval_set.rows] == held_out["messages"]
+    assert all(r["messages"][0]["role"] == "system" for r in eval_set.rows)
+
+    code, stdout = cli(capsys, "--recipe", recipe_file, "--max-new-tokens", 4, "--out", tmp_path / "out")
+    assert code == 0, stdout
+    report = assert_files_agree(tmp_path / "out")
+    assert report["n"] == 16 and "eval_fraction=0.05" in report["eval_file"]
+    assert [e["images"] for e in report["examples"]] == _image_names(held_out, len(held_out))
+    assert [e["reference"] for e in report["examples"]] == eval_set.references
+    assert [m["name"] for m in report["models"]] == ["base", "out"]
 
 
 def test_eval_cli_refuses_what_it_cannot_do(tmp_path, capsys):

@@ -42,44 +42,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
-def _from_recipe(args: argparse.Namespace) -> None:
-    """Fill what the command line left out from the recipe: base, eval set, image_dir, adapter, out."""
-    import yaml
+def _from_recipe(args: argparse.Namespace):
+    """Fill what the command line left out from the recipe (parsed as training parses it); return the recipe.
 
-    recipe = yaml.safe_load(Path(args.recipe).read_text())
-    args.base = args.base or recipe.get("model_name_or_path")
-    args.base_revision = args.base_revision or recipe.get("model_revision")
-    args.eval_file = args.eval_file or recipe.get("eval_file")
-    args.image_dir = args.image_dir or recipe.get("image_dir")
-    args.system_prompt = args.system_prompt or recipe.get("system_prompt")
-    if not args.adapters and recipe.get("output_dir"):
-        args.adapters = [recipe["output_dir"]]
-    if not args.out and recipe.get("output_dir"):
-        args.out = str(Path(recipe["output_dir"]) / "eval")
+    --image-dir, --system-prompt and --data-format override the recipe's, as they would for training.
+    """
+    from vlm_sft.recipe import load_recipe
+
+    overrides = []
+    for flag, value in (("image_dir", args.image_dir), ("system_prompt", args.system_prompt)):
+        overrides += [f"--{flag}", value] if value else []
+    overrides += ["--data_format", args.data_format] if args.data_format != "auto" else []
+    recipe = load_recipe(args.recipe, overrides)
+    _, training, model, vision = recipe
+    args.base = args.base or model.model_name_or_path
+    if model.model_revision != "main":  # ModelConfig's default: leave the adapter's recorded base revision
+        args.base_revision = args.base_revision or model.model_revision
+    args.image_dir, args.system_prompt, args.data_format = vision.image_dir, vision.system_prompt, vision.data_format
+    if not args.adapters and training.output_dir:
+        args.adapters = [training.output_dir]
+    if not args.out and training.output_dir:
+        args.out = str(Path(training.output_dir) / "eval")
+    return recipe
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     from vlm_sft.data import DataError
     from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+    from vlm_sft.recipe import has_eval_set, recipe_eval_set
 
+    recipe = None
     if args.recipe:
-        _from_recipe(args)
-    if not args.eval_file:
-        print("error: no eval set: give --eval-file (or --recipe with eval_file).", file=sys.stderr)
+        try:
+            recipe = _from_recipe(args)
+        except (ValueError, OSError) as err:
+            print(f"error: cannot read the recipe {args.recipe}: {err}", file=sys.stderr)
+            return 2
+    from_recipe = recipe is not None and not args.eval_file  # the eval set training held out
+    if not args.eval_file and not (from_recipe and has_eval_set(recipe)):
+        print("error: no eval set: give --eval-file (or --recipe with eval_file or eval_fraction).", file=sys.stderr)
         return 2
     if not args.adapters and (args.no_base or not args.base):
         print("error: nothing to evaluate: give one or more adapters, or --base alone.", file=sys.stderr)
         return 2
     try:
-        eval_set = load_eval_set(
-            args.eval_file,
-            args.image_dir,
-            data_format=args.data_format,
-            split=args.split,
-            limit=args.limit,
-            system_prompt=args.system_prompt,
-        )
+        if from_recipe:
+            eval_set = recipe_eval_set(recipe, limit=args.limit)
+        else:
+            eval_set = load_eval_set(
+                args.eval_file,
+                args.image_dir,
+                data_format=args.data_format,
+                split=args.split,
+                limit=args.limit,
+                system_prompt=args.system_prompt,
+            )
         report = evaluate_models(
             eval_set,
             [AdapterSpec.parse(a) for a in args.adapters],

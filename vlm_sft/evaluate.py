@@ -153,6 +153,11 @@ def load_eval_set(
     ds = load_conversations(
         path, image_dir, system_prompt, data_format=data_format, split=split or EVAL_SPLITS + ("train",)
     )
+    return eval_set_from_dataset(ds, str(path), limit)
+
+
+def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> EvalSet:
+    """The first `limit` rows of a validated Dataset, with each row's last question and its reference reply."""
     n = len(ds) if limit is None else min(limit, len(ds))
     rows = [ds[i] for i in range(n)]
     references, questions = [], []
@@ -160,7 +165,7 @@ def load_eval_set(
         prompt, reference = split_prompt(row["messages"])
         references.append(reference)
         questions.append(_reply_text(prompt[-1]).strip() if prompt else "")
-    return EvalSet(str(path), rows, references, questions, _image_names(ds, n))
+    return EvalSet(source, rows, references, questions, _image_names(ds, n))
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:

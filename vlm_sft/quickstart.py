@@ -15,6 +15,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlm_sft.train import RecipeArgs
 
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
 
@@ -26,19 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
 
 
-def _recipe(path: str) -> dict:
-    import yaml
-
-    return yaml.safe_load(Path(path).read_text())
-
-
-def prepare(recipe: dict) -> None:
+def prepare(recipe: RecipeArgs) -> None:
     """Build the tiny model and write the digits where the recipe expects them (idempotent)."""
     from vlm_sft.digits import write_digits_dataset
     from vlm_sft.tiny import build_tiny_llava
 
-    model_dir = build_tiny_llava(recipe["model_name_or_path"])
-    files = write_digits_dataset(Path(recipe["train_file"]).parent)
+    _, _, model, vision = recipe
+    model_dir = build_tiny_llava(model.model_name_or_path)
+    files = write_digits_dataset(Path(vision.train_file).parent)
     print(f"tiny model: {model_dir}\ndigits: {files['train']} (train), {files['eval']} (held out)")
 
 
@@ -47,19 +46,23 @@ def _train_seconds(output_dir: Path) -> float:
     return next(e["train_runtime"] for e in reversed(state["log_history"]) if "train_runtime" in e)
 
 
-def report(recipe: dict, limit: int | None, batch_size: int) -> str:
+def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
     """Score base and adapter on the held-out digits with `vlm-sft eval`'s code; return the one-line summary.
 
     The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
     """
-    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, write_report
+    from vlm_sft.recipe import recipe_eval_set
 
-    output_dir = Path(recipe["output_dir"])
-    eval_set = load_eval_set(recipe["eval_file"], recipe.get("image_dir"), limit=limit)
+    _, training, model, _ = recipe
+    output_dir = Path(training.output_dir)
+    eval_set = recipe_eval_set(recipe, limit=limit)  # the held-out set exactly as training built it
+    if eval_set is None:
+        raise ValueError("the recipe has no eval set: give eval_file or eval_fraction.")
     result = evaluate_models(
         eval_set,
         [AdapterSpec(str(output_dir), name="fine-tuned")],
-        base=recipe["model_name_or_path"],
+        base=model.model_name_or_path,
         batch_size=batch_size,
         max_new_tokens=4,  # a digit and end of turn; more only lets the untrained base ramble
         progress=False,
@@ -77,14 +80,13 @@ def report(recipe: dict, limit: int | None, batch_size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from vlm_sft.recipe import load_recipe
+
     logging.basicConfig(level=logging.WARNING)
     try:
-        recipe = _recipe(args.recipe)
-    except (OSError, yaml.YAMLError) as err:
+        recipe = load_recipe(args.recipe)  # parsed and validated as training parses it
+    except (OSError, ValueError, yaml.YAMLError) as err:
         print(f"error: cannot read the recipe {args.recipe}: {err}", file=sys.stderr)
-        return 2
-    if not isinstance(recipe, dict):
-        print(f"error: the recipe {args.recipe} is not a YAML mapping.", file=sys.stderr)
         return 2
     if args.step == "prepare":
         prepare(recipe)

@@ -180,16 +180,19 @@ def collect(spec: SweepSpec, config: dict, wall_seconds: float) -> dict:
 
 def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
     """Exact match of every run's adapter (and the base model) on the recipe's eval set; returns the base's."""
-    from vlm_sft.evaluate import AdapterSpec, evaluate_models, load_eval_set
+    from vlm_sft.evaluate import AdapterSpec, evaluate_models
+    from vlm_sft.recipe import has_eval_set, load_recipe, recipe_eval_set
 
-    recipe = yaml.safe_load(Path(spec.base_recipe).read_text())
-    settings = {**recipe, **spec.overrides}
-    if spec.eval is None or not settings.get("eval_file"):
+    if spec.eval is None:
+        return None
+    overrides = [x for key, value in spec.overrides.items() for x in (f"--{key}", _cli_value(value))]
+    recipe = load_recipe(spec.base_recipe, overrides)  # as every run's training reads it (the grid aside)
+    if not has_eval_set(recipe):
         return None
     options = {"batch_size": 16, "max_new_tokens": 16, **{k: v for k, v in spec.eval.items() if k != "limit"}}
-    eval_set = load_eval_set(settings["eval_file"], settings.get("image_dir"), limit=spec.eval.get("limit"))
+    eval_set = recipe_eval_set(recipe, limit=spec.eval.get("limit"))  # the held-out set training built
     adapters = [AdapterSpec(r["output_dir"], name=r["name"]) for r in runs]
-    report = evaluate_models(eval_set, adapters, base=settings["model_name_or_path"], **options)
+    report = evaluate_models(eval_set, adapters, base=recipe[2].model_name_or_path, **options)
     scores = {m["name"]: m["metrics"]["exact_match"] for m in report["models"]}
     for run in runs:
         run["eval_score"] = scores[run["name"]]
