@@ -101,3 +101,12 @@ def test_a_recipe_without_use_peft_is_refused_not_trained_with_default_lora(tmp_
     recipe.write_text((RECIPES / "quickstart.yaml").read_text().replace("use_peft: true\n", ""))
     with pytest.raises(ValueError, match="use_peft: true"):
         parse_recipe([str(recipe)])
+
+
+def test_the_training_entry_point_reports_a_bad_recipe_without_a_traceback(capsys, tmp_path):
+    from vlm_sft.train import main
+
+    assert main([str(RECIPES / "quickstart.yaml"), "--warmup_ratio", "0.1"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err

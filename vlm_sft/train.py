@@ -117,11 +117,8 @@ def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
     return kept
 
 
-def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments):
-    """Run one training job; returns the output directory holding adapter, processor, report and logs."""
-    set_seed(training_args.seed)
-
-    # ---- Data: validated before anything is written to output_dir.
+def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision):
+    """Validated splits, the processor and the collator; the too_long policy applied to whole splits."""
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
     train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
@@ -130,26 +127,24 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    pad_multiple = training_args.pad_to_multiple_of  # TRL's "auto" pads only on Neuron devices
     collator = VisionSFTCollator(
         processor,
         max_length=training_args.max_length,
         too_long=vision.too_long,
         train_on=vision.train_on,
-        # TRL's "auto" pads only on Neuron devices; elsewhere it means no padding multiple.
-        pad_to_multiple_of=None
-        if training_args.pad_to_multiple_of in (None, "auto")
-        else int(training_args.pad_to_multiple_of),
+        pad_to_multiple_of=None if pad_multiple in (None, "auto") else int(pad_multiple),
     )
     train_ds = _enforce_max_length(train_ds, collator, "train")
     eval_ds = _enforce_max_length(eval_ds, collator, "eval")
     if eval_ds is None and training_args.eval_strategy != "no":
         logger.warning("No eval set (eval_file / eval_fraction): turning eval_strategy off.")
         training_args.eval_strategy = "no"
+    return train_ds, eval_ds, processor, collator
 
-    # ---- Launch, resume and output_dir checks: all refusals come before anything is written.
-    check_process_group(training_args)  # N launched processes that would each train alone
-    engine = detect_engine(training_args)
-    check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
+
+def _prepare_output_dir(training_args: SFTConfig, vision: VisionArguments) -> str | None:
+    """Resume point (or None); refuses another run's output_dir unless asked, then clears what is replaced."""
     resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     stale = check_output_dir(
         training_args.output_dir,
@@ -163,9 +158,11 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         if resume_requested(training_args.resume_from_checkpoint):
             remove_incomplete_after(training_args.output_dir, resume_from)
     state.wait_for_everyone()
-    train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
+    return resume_from
 
-    # ---- Model: base (16-bit or 4/8-bit), vision tower frozen, LoRA on the language model, projector trained.
+
+def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments, engine):
+    """Base (16-bit or 4/8-bit), vision tower frozen, LoRA on the language model, projector trained fully."""
     model, parts = load_model(
         model_args,
         trust_remote_code=training_args.trust_remote_code,
@@ -174,6 +171,40 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     model = apply_lora(model, parts, model_args, vision)
     if engine.shards_weights and model_args.dtype not in (None, "auto"):
         unify_float_dtype(model, model_args.dtype)  # FSDP / ZeRO-3 need one dtype (vlm_sft.distributed)
+    return model, parts
+
+
+def _save(trainer: SFTTrainer, processor, collator: VisionSFTCollator, report: dict, out: Path) -> None:
+    """Adapter + processor (chat template included) + report + log + loss plot."""
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final adapter is gathered into one file (PEFT docs)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
+    trainer.save_state()  # trainer_state.json: the full training log (log_history)
+    write_loss_plot(trainer, out)  # loss.png: training (and eval) loss against steps, main process only
+    trainer.log_metrics("train", trainer.state.log_history[-1])
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(out)
+        write_report(report, out)
+        print(format_table(report))
+        print(f"adapter: {adapter_size_mb(out):.2f} MB in {out}")
+        if collator.dropped:
+            print(f"dropped {collator.dropped} samples over max_length during training")
+
+
+def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments):
+    """Run one training job; returns the output directory holding adapter, processor, report, card and logs."""
+    set_seed(training_args.seed)
+
+    # ---- Data, launch and output_dir checks: every refusal comes before anything is written.
+    train_ds, eval_ds, processor, collator = _setup_data(script_args, training_args, model_args, vision)
+    check_process_group(training_args)  # N launched processes that would each train alone
+    engine = detect_engine(training_args)
+    check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
+    resume_from = _prepare_output_dir(training_args, vision)
+    train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
+
+    # ---- Model.
+    model, parts = _setup_model(training_args, model_args, vision, engine)
     report = trainable_parameters(model, parts)
     logger.info("Trainable parameters:\n%s", format_table(report))
 
@@ -193,23 +224,9 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
-    # ---- Save: adapter + processor (chat template included) + report + log, from the main process.
+    # ---- Save, then the model card (PEFT and TRL each write their own README.md on save) and push.
     out = Path(training_args.output_dir)
-    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final adapter is gathered into one file (PEFT docs)
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(out))
-    trainer.save_state()  # trainer_state.json: the full training log (log_history)
-    write_loss_plot(trainer, out)  # loss.png: training (and eval) loss against steps, main process only
-    trainer.log_metrics("train", trainer.state.log_history[-1])
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(out)
-        write_report(report, out)
-        print(format_table(report))
-        print(f"adapter: {adapter_size_mb(out):.2f} MB in {out}")
-        if collator.dropped:
-            print(f"dropped {collator.dropped} samples over max_length during training")
-
-    # ---- Model card (after saving: PEFT and TRL each write their own README.md) and push, main process only.
+    _save(trainer, processor, collator, report, out)
     if trainer.is_world_process_zero():
         num_eval = len(eval_ds) if eval_ds is not None else None
         write_training_card(
@@ -221,9 +238,13 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point shared by scripts/sft_vlm.py and `vlm-sft train`; data errors exit 1 with the report."""
+    """Entry point shared by scripts/sft_vlm.py and `vlm-sft train`: 1 for bad data or state, 2 for a bad recipe."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    script_args, training_args, model_args, vision = parse_recipe(argv)
+    try:
+        script_args, training_args, model_args, vision = parse_recipe(argv)
+    except (ValueError, OSError) as err:  # unknown key, bad value, missing recipe: a usage error, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         train(script_args, training_args, model_args, vision)
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
