@@ -240,6 +240,17 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def _repo_at(self, repo_id: str, revision: str, *, write: bool = False, head: bool = False):
+        """(repo, commit) at `revision`, or None once the 404/401 answer is sent."""
+        repo = self._repo(repo_id, write=write, head=head)
+        if repo is None:
+            return None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+            return None
+        return repo, commit
+
     def _route(self, method: str) -> None:
         split = urlsplit(self.path)
         self.query = parse_qs(split.query)
@@ -321,12 +332,10 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"errors": [], "warnings": warnings})
 
     def _info(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._repo_at(repo_id, revision)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, commit = found
         readme = commit.files.get("README.md")
         meta = metadata_of(readme.data) if readme else {}
         self._json(
@@ -353,12 +362,10 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _tree(self, repo_id: str, revision: str, path: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._repo_at(repo_id, revision)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, commit = found
         recursive = self.query.get("recursive", ["false"])[0].lower() == "true"
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         entries, folders = [], set()
@@ -381,12 +388,10 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, dirs + entries)
 
     def _preupload(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id, write=True)
-        if repo is None:
+        found = self._repo_at(repo_id, revision, write=True)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, commit = found
         files = []
         for item in json.loads(self._body())["files"]:
             sample = base64.b64decode(item["sample"])
@@ -493,12 +498,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"{}", {"Content-Type": "application/json"})
 
     def _resolve(self, repo_id: str, revision: str, path: str, head: bool) -> None:
-        repo = self._repo(repo_id, head=head)
-        if repo is None:
+        found = self._repo_at(repo_id, revision, head=head)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+        repo, commit = found
         blob = commit.files.get(path)
         if blob is None:
             headers = {"X-Repo-Commit": commit.oid}
