@@ -26,7 +26,7 @@ from transformers import CLIPImageProcessorPil, LlavaProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from vlm_sft.collator import IGNORE_INDEX, VisionSFTCollator
-from vlm_sft.tiny import LLAVA_15_CHAT_TEMPLATE, build_tokenizer
+from vlm_sft.quickstart.tiny_model import LLAVA_15_CHAT_TEMPLATE, build_tokenizer
 
 # llava-hf/llava-1.5-7b-hf's template with generation markers, as pinned in transformers' tests.
 LLAVA_15_TRAINING_TEMPLATE = LLAVA_15_CHAT_TEMPLATE.replace(

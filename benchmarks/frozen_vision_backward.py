@@ -19,7 +19,7 @@ from collator_throughput import llava_15_processor, make_rows  # noqa: E402
 from train_throughput import build_model  # noqa: E402
 
 from vlm_sft.collator import VisionSFTCollator  # noqa: E402
-from vlm_sft.model import COMPONENTS, keep_frozen_vision_tower_out_of_backward  # noqa: E402
+from vlm_sft.modeling.setup import COMPONENTS, keep_frozen_vision_tower_out_of_backward  # noqa: E402
 
 
 def seconds_per_step(model, batches: list[dict]) -> float:

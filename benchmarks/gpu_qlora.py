@@ -86,8 +86,8 @@ def make_batch(config, batch_size: int, device) -> dict:
 def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing: bool, steps: int) -> dict:
     from trl import ModelConfig
 
-    from vlm_sft.config import VisionArguments
-    from vlm_sft.model import apply_lora, load_model
+    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.training.config import VisionArguments
 
     args = ModelConfig(
         model_name_or_path=str(checkpoint), dtype="bfloat16", load_in_4bit=qlora, use_bnb_nested_quant=True,

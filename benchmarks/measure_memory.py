@@ -184,8 +184,8 @@ def worker(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig, SFTTrainer
 
-    from vlm_sft.config import VisionArguments
-    from vlm_sft.model import apply_lora, load_model
+    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.training.config import VisionArguments
 
     torch.manual_seed(0)
     folder = model_dir(args.size)
@@ -197,7 +197,7 @@ def worker(args: argparse.Namespace) -> dict:
     _release_freed_memory()
     baseline = _rss_bytes()
 
-    # ---- the project's model setup (the same calls as vlm_sft.train)
+    # ---- the project's model setup (the same calls as vlm_sft.training.train)
     qlora = args.mode == "qlora"
     model_args = ModelConfig(
         model_name_or_path=str(folder),
@@ -325,7 +325,7 @@ FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 def _setup(args: argparse.Namespace, mode: str, checkpointing: str):
     """The TrainingSetup `vlm-sft estimate` would build for this configuration, with CPU bookkeeping."""
-    from vlm_sft.memory import TrainingSetup
+    from vlm_sft.modeling.memory import TrainingSetup
 
     return TrainingSetup(
         dtype="bfloat16",
@@ -343,7 +343,7 @@ def _setup(args: argparse.Namespace, mode: str, checkpointing: str):
 
 def _estimates(args: argparse.Namespace, size: str, mode: str, checkpointing: str) -> dict[str, int]:
     """Estimated peak, and the peak outside the loss head (weights + saved activations + a layer's backward)."""
-    from vlm_sft.memory import ModelShape, activation_phases, estimate
+    from vlm_sft.modeling.memory import ModelShape, activation_phases, estimate
 
     shape = ModelShape.from_config(llava_config(SIZES[size]))
     setup = _setup(args, mode, checkpointing)
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    from vlm_sft.memory import ModelShape
+    from vlm_sft.modeling.memory import ModelShape
 
     for name in args.sizes.split(","):
         model_dir(name)  # built once, outside the measured processes

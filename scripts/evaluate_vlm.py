@@ -3,7 +3,7 @@
     python scripts/evaluate_vlm.py --recipe recipes/quickstart.yaml --max-new-tokens 4
     python scripts/evaluate_vlm.py my-adapter other=me/llava-lora@v2 --eval-file eval.json --image-dir images
 
-All logic lives in `vlm_sft.evaluate`; the report is eval_report.json / .md / .png in --out.
+All logic lives in `vlm_sft.evaluation.generate`; the report is eval_report.json / .md / .png in --out.
 """
 
 import sys

@@ -22,8 +22,8 @@ from accelerate.utils.launch import (
     prepare_simple_launcher_cmd_env,
 )
 
-from vlm_sft.distributed import EngineError, check_quantization, detect_engine
-from vlm_sft.train import parse_recipe
+from vlm_sft.training.distributed import EngineError, check_quantization, detect_engine
+from vlm_sft.training.train import parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "accelerate_configs"

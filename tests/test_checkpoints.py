@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerState
 
-from vlm_sft.checkpoints import (
+from vlm_sft.training.checkpoints import (
     MANIFEST,
     CheckpointError,
     OutputDirError,
@@ -151,7 +151,7 @@ def _snapshot(folder: Path) -> dict[str, int]:
 
 
 def test_training_refuses_before_writing_and_after_validating_data(tmp_path, tiny_llava, digits, capsys, monkeypatch):
-    import vlm_sft.train as train_module
+    import vlm_sft.training.train as train_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the refusal must come before the model is loaded")
@@ -185,7 +185,7 @@ def test_training_refuses_before_writing_and_after_validating_data(tmp_path, tin
 
 
 def test_recipes_keep_remote_code_off():
-    from vlm_sft.train import parse_recipe
+    from vlm_sft.training.train import parse_recipe
 
     for recipe in ("quickstart.yaml", "llava_qlora.yaml"):
         _, args, _, _ = parse_recipe([str(REPO / "recipes" / recipe), "--use_cpu", "true"])
@@ -197,7 +197,7 @@ def test_model_loads_safetensors_only_and_no_remote_code(tiny_llava: Path, monke
     from transformers import AutoModelForImageTextToText
     from trl import ModelConfig
 
-    import vlm_sft.model as model_module
+    import vlm_sft.modeling.setup as model_module
 
     seen = {}
     real = AutoModelForImageTextToText.from_pretrained

@@ -1,4 +1,4 @@
-"""vlm_sft.data: every accepted format round-trips to the same rows; every bad input is named precisely."""
+"""vlm_sft.data.loading: every accepted format round-trips to the same rows; every bad input is named precisely."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from vlm_sft.config import VisionArguments
-from vlm_sft.data import FEATURES, DataError, check_conversations, load_conversations, load_splits
+from vlm_sft.data.loading import FEATURES, DataError, check_conversations, load_conversations, load_splits
+from vlm_sft.training.config import VisionArguments
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -294,7 +294,7 @@ def test_load_splits_refuses_an_impossible_fraction_and_a_missing_train_file(fol
 def test_train_eval_leak_and_duplicates_are_warnings(folder, caplog):
     train_file = write_json(folder / "train.json", [llava(id="x"), llava(id="y"), llava(answer="Other.")])
     eval_file = write_json(folder / "eval.json", [llava(answer="Other.")])
-    with caplog.at_level(logging.WARNING, logger="vlm_sft.data"):
+    with caplog.at_level(logging.WARNING, logger="vlm_sft.data.loading"):
         train, evaluation = load_splits(VisionArguments(train_file=str(train_file), eval_file=str(eval_file)))
     assert (len(train), len(evaluation)) == (3, 1)  # warnings never block
     assert "sample 1 (id 'y')" in caplog.text and "exact duplicate of sample 0 (id 'x')" in caplog.text
@@ -741,7 +741,7 @@ def test_any_json_value_in_any_field_never_raises(folder, slot):
 
 
 def test_training_refuses_invalid_data_before_writing_anything(folder, tiny_llava, capsys):
-    from vlm_sft.train import main as train_main
+    from vlm_sft.training.train import main as train_main
 
     train_file = write_json(folder / "train.json", [llava(), llava(answer="[ANNOTATE: the color]")])
     out = folder / "run"

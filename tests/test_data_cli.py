@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from vlm_sft.cli import main
-from vlm_sft.config import VisionArguments
-from vlm_sft.data import load_conversations, load_splits
+from vlm_sft.data.loading import load_conversations, load_splits
+from vlm_sft.training.config import VisionArguments
 
 REPO = Path(__file__).resolve().parents[1]
 WORKBENCH = REPO / "examples" / "workbench"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlm_sft.distributed import EngineError, check_process_group, detect_engine, unify_float_dtype
+from vlm_sft.training.distributed import EngineError, check_process_group, detect_engine, unify_float_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -145,7 +145,7 @@ def test_launched_processes_that_did_not_form_a_group_are_refused():
 def test_one_process_cpu_launch_is_named(caplog):
     """`accelerate launch --cpu --num_processes 2` runs one process; say so instead of training on half the plan."""
     env = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
-    with caplog.at_level("WARNING", logger="vlm_sft.distributed"):
+    with caplog.at_level("WARNING", logger="vlm_sft.training.distributed"):
         check_process_group(SimpleNamespace(world_size=1), environ=env)
     assert "Running ONE process" in caplog.text and "cpu_ddp.yaml" in caplog.text
 
@@ -169,8 +169,8 @@ def test_sharded_qlora_model_has_one_float_dtype(tiny_llava: Path):
     from trl import ModelConfig
 
     from vlm_sft.collator import VisionSFTCollator
-    from vlm_sft.config import VisionArguments
-    from vlm_sft.model import apply_lora, load_model
+    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.training.config import VisionArguments
 
     args = ModelConfig(
         model_name_or_path=str(tiny_llava),
@@ -211,7 +211,7 @@ def test_4bit_device_map_per_rank_except_under_zero3(tiny_llava: Path, monkeypat
     bitsandbytes quantizer then picks the current GPU), so none is passed there."""
     from trl import ModelConfig
 
-    import vlm_sft.model as model_module
+    import vlm_sft.modeling.setup as model_module
 
     class Loaded(Exception):
         pass

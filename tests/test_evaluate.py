@@ -10,11 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from vlm_sft import evaluate
 from vlm_sft.cli import main
-from vlm_sft.evaluate import AdapterSpec, format_table, table_rows
-from vlm_sft.metrics import aggregate, score_example
-from vlm_sft.plots import loss_curves, plot_eval_report
+from vlm_sft.evaluation import generate as evaluate
+from vlm_sft.evaluation.generate import AdapterSpec, format_table, table_rows
+from vlm_sft.evaluation.metrics import aggregate, score_example
+from vlm_sft.evaluation.plots import loss_curves, plot_eval_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tiny_llava, digits, tmp_path_factory) -> dict:
     """A briefly trained quickstart adapter (a digits subset, an eval loss every few steps) and its recipe."""
-    from vlm_sft.train import parse_recipe, train
+    from vlm_sft.training.train import parse_recipe, train
 
     root = tmp_path_factory.mktemp("eval_quickstart")
     train_file, eval_file = root / "train.json", root / "eval.json"
@@ -214,8 +214,8 @@ def test_training_writes_loss_png_with_train_and_eval_loss(trained):
 
 
 def test_quickstart_numbers_come_from_the_eval_report(trained, capsys):
-    from vlm_sft.quickstart import report
-    from vlm_sft.recipe import load_recipe
+    from vlm_sft.quickstart.pipeline import report
+    from vlm_sft.training.recipe import load_recipe
 
     line = report(load_recipe(trained["recipe_file"]), limit=None, batch_size=32)
     match = re.fullmatch(r"quickstart: base_accuracy=(\d\.\d\d) finetuned_accuracy=(\d\.\d\d) train_seconds=\d+", line)
@@ -250,9 +250,9 @@ def test_eval_cli_on_a_json_and_numeric_set_with_the_real_model(trained, tmp_pat
 
 def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(trained, tmp_path, capsys):
     """No eval_file: `--recipe` evaluates the seeded eval_fraction split, system prompt included, as training."""
-    from vlm_sft.data import load_splits
-    from vlm_sft.evaluate import _image_names
-    from vlm_sft.recipe import load_recipe, recipe_eval_set
+    from vlm_sft.data.loading import load_splits
+    from vlm_sft.evaluation.generate import _image_names
+    from vlm_sft.training.recipe import load_recipe, recipe_eval_set
 
     recipe = {k: v for k, v in trained["recipe"].items() if k != "eval_file"}
     recipe.update(eval_fraction=0.05, system_prompt="Answer with one digit.", output_dir=str(trained["out"]))

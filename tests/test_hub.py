@@ -46,7 +46,7 @@ PULL_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[5])
 from tiny_adapter import PROMPT, chat_inputs
-from vlm_sft.hub import load_adapter_model, resolve_adapter
+from vlm_sft.hub.adapters import load_adapter_model, resolve_adapter
 repo, revision, image, out = sys.argv[1:5]
 model, processor, folder = load_adapter_model(repo, revision=revision)
 with torch.no_grad():
@@ -152,7 +152,7 @@ def pushed_cli(trained, hub, hf_home) -> subprocess.CompletedProcess:
 
 
 def test_upload_selection_leaves_training_state_out(tmp_path):
-    from vlm_sft.hub import select_upload_files
+    from vlm_sft.hub.adapters import select_upload_files
 
     names = [
         "adapter_config.json",
@@ -202,9 +202,9 @@ def test_upload_selection_leaves_training_state_out(tmp_path):
 def test_take_over_push_turns_trainer_push_off_and_checks_base_first(tmp_path):
     from trl import ModelConfig, SFTConfig
 
-    from vlm_sft.config import VisionArguments
-    from vlm_sft.hub import take_over_push
-    from vlm_sft.model_card import BaseModelIdError
+    from vlm_sft.hub.adapters import take_over_push
+    from vlm_sft.hub.model_card import BaseModelIdError
+    from vlm_sft.training.config import VisionArguments
 
     def args():
         return SFTConfig(
@@ -287,7 +287,7 @@ def test_pull_by_id_online_then_offline_gives_the_same_outputs(pushed_cli, train
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlm_sft.hub_cli import answer
+    from vlm_sft.cli.hub import answer
 
     # Reference: the local output folder on the local base.
     processor = AutoProcessor.from_pretrained(trained["out"])
@@ -336,7 +336,7 @@ def test_infer_interactive_chat(trained, image, monkeypatch, capsys):
 
 
 def test_adapter_with_only_pickled_weights_is_refused(tmp_path, capsys):
-    from vlm_sft.hub import resolve_adapter
+    from vlm_sft.hub.adapters import resolve_adapter
 
     folder = tmp_path / "pickled"
     folder.mkdir()

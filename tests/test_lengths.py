@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from vlm_sft import lengths as lengths_module
 from vlm_sft.collator import VisionSFTCollator
-from vlm_sft.data import load_conversations
-from vlm_sft.lengths import (
+from vlm_sft.data import lengths as lengths_module
+from vlm_sft.data.lengths import (
     padding_fraction,
     padding_with_and_without_grouping,
     prepare_length_grouping,
     sample_lengths,
     store_lengths,
 )
+from vlm_sft.data.loading import load_conversations
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_trls_vision_path_drops_the_length_column_unless_kept(dataset, tiny_llav
 
 def test_training_batches_are_grouped(dataset, tiny_llava, llava_processor, cache, tmp_path, caplog):
     args, collator, make = _trainer(tiny_llava, llava_processor, dataset, tmp_path)
-    with caplog.at_level(logging.INFO, logger="vlm_sft.lengths"):
+    with caplog.at_level(logging.INFO, logger="vlm_sft.data.lengths"):
         train_ds, _ = prepare_length_grouping(dataset, None, collator, args)
     assert "in random batches" in caplog.text and "group_by_length" in caplog.text
     assert args.remove_unused_columns is False and train_ds["length"] == sample_lengths(dataset, collator)

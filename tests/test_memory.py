@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from vlm_sft.cli import main as cli_main
-from vlm_sft.memory import (
+from vlm_sft.cli.estimate import builtin_configs, resolve_config
+from vlm_sft.modeling.memory import (
     GiB,
     ModelShape,
     TrainingSetup,
@@ -24,7 +25,6 @@ from vlm_sft.memory import (
     quantized_numel,
     setup_from_recipe,
 )
-from vlm_sft.memory_cli import builtin_configs, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 QLORA_RECIPE = {  # the keys of recipes/llava_qlora.yaml that decide memory
@@ -146,7 +146,7 @@ def test_lora_count_matches_peft(preset):
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from vlm_sft.model import COMPONENTS, lora_target_regex
+    from vlm_sft.modeling.setup import COMPONENTS, lora_target_regex
 
     cfg = _tiny_llava_config()
     model = LlavaForConditionalGeneration(cfg)

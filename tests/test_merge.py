@@ -13,8 +13,8 @@ from tiny_adapter import chat_inputs, digit_image, make_tiny_adapter
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vlm_sft.cli import main as cli
-from vlm_sft.hub import merge_adapter
-from vlm_sft.model_card import card_metadata
+from vlm_sft.hub.adapters import merge_adapter
+from vlm_sft.hub.model_card import card_metadata
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_merge_refuses_quantized_base_and_bad_targets(adapter, tiny_llava, tmp_p
 
 
 def test_merge_that_fails_midway_leaves_no_folder(adapter, tmp_path, monkeypatch):
-    from vlm_sft import hub
+    from vlm_sft.hub import adapters as hub
 
     def crash(*args, **kwargs):
         raise RuntimeError("crash while writing the card")

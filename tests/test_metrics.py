@@ -1,10 +1,10 @@
-"""vlm_sft.metrics on crafted answers: every number worked out by hand."""
+"""vlm_sft.evaluation.metrics on crafted answers: every number worked out by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from vlm_sft.metrics import (
+from vlm_sft.evaluation.metrics import (
     aggregate,
     answer_kind,
     exact_match,

@@ -13,8 +13,7 @@ from hub_server import validate_metadata
 from tiny_adapter import digit_image, make_tiny_adapter
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
-from vlm_sft.config import VisionArguments
-from vlm_sft.model_card import (
+from vlm_sft.hub.model_card import (
     BaseModelIdError,
     build_adapter_card,
     card_metadata,
@@ -23,6 +22,7 @@ from vlm_sft.model_card import (
     training_summary,
     usage_snippet,
 )
+from vlm_sft.training.config import VisionArguments
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_body_reports_lora_training_and_results(adapter):
 
 
 def test_loss_plot_and_eval_report_when_present(run_dir):
-    from vlm_sft.evaluate import format_table
+    from vlm_sft.evaluation.generate import format_table
 
     (run_dir / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     metrics = {"exact_match": 0.25, "token_f1": 0.5, "kinds": {"numeric": 4}, "json": None, "numeric": None}

@@ -7,9 +7,9 @@ import torch
 from trl import ModelConfig
 
 from vlm_sft.collator import VisionSFTCollator
-from vlm_sft.config import VisionArguments
-from vlm_sft.model import COMPONENTS, apply_lora, load_model, lora_target_regex, quantization_config
-from vlm_sft.report import trainable_parameters
+from vlm_sft.modeling.parameters import trainable_parameters
+from vlm_sft.modeling.setup import COMPONENTS, apply_lora, load_model, lora_target_regex, quantization_config
+from vlm_sft.training.config import VisionArguments
 
 
 def _model_args(path, **kw) -> ModelConfig:
@@ -73,7 +73,7 @@ def test_plain_names_that_hit_the_vision_tower_are_refused(tiny_llava):
 def test_unknown_family_is_refused_not_guessed():
     from transformers import LlamaConfig
 
-    from vlm_sft.model import components_for
+    from vlm_sft.modeling.setup import components_for
 
     with pytest.raises(ValueError, match="Unsupported model family 'llama'"):
         components_for(LlamaConfig())
@@ -117,7 +117,7 @@ def _train_steps(model, batch, steps: int = 3) -> None:
     "quant", [{}, {"load_in_4bit": True, "use_bnb_nested_quant": True, "dtype": "bfloat16"}], ids=["lora", "qlora"]
 )
 def test_training_changes_lora_and_projector_only_even_after_an_eval_pass(tiny_llava, llava_processor, digits, quant):
-    from vlm_sft.data import load_conversations
+    from vlm_sft.data.loading import load_conversations
 
     model, _ = _setup(tiny_llava, VisionArguments(lora_target="attention"), **quant)
     ds = load_conversations(digits["train"], digits["image_dir"])
@@ -141,7 +141,7 @@ def test_training_changes_lora_and_projector_only_even_after_an_eval_pass(tiny_l
 
 def test_qlora_forward_and_gradients_are_unchanged_by_an_eval_pass(tiny_llava, llava_processor, digits):
     """bitsandbytes' CPU path repacks 4-bit weights on a no-grad eval forward; training must not notice."""
-    from vlm_sft.data import load_conversations
+    from vlm_sft.data.loading import load_conversations
 
     quant = {"load_in_4bit": True, "use_bnb_nested_quant": True, "dtype": "bfloat16", "lora_dropout": 0.0}
     model, _ = _setup(tiny_llava, VisionArguments(lora_target="attention"), **quant)
@@ -173,7 +173,7 @@ FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefic
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_lora_scope_and_report(tiny_dir, family, tmp_path):
-    from vlm_sft.report import format_table, write_report
+    from vlm_sft.modeling.parameters import format_table, write_report
 
     path = tiny_dir(family)
     args = _model_args(path)
@@ -208,7 +208,7 @@ def test_frozen_vision_tower_stays_out_of_the_backward_pass(tiny_dir, llava_proc
     """transformers' input-grad hooks on the patch embeddings are dropped; LoRA and projector still learn."""
     from transformers import AutoProcessor
 
-    from vlm_sft.model import keep_frozen_vision_tower_out_of_backward
+    from vlm_sft.modeling.setup import keep_frozen_vision_tower_out_of_backward
 
     path = tiny_dir(family)
     args = _model_args(path, lora_dropout=0.0)

@@ -78,7 +78,7 @@ def test_make_quickstart_meets_its_targets():
 
 def test_resume_true_on_a_finished_run_without_checkpoints_is_refused(tmp_path, tiny_llava, digits):
     """`--resume_from_checkpoint true` with nothing to resume must not retrain over a finished run."""
-    from vlm_sft.train import main
+    from vlm_sft.training.train import main
 
     out = tmp_path / "finished"
     out.mkdir()

@@ -38,7 +38,7 @@ def test_readme_command_is_valid(command: str):
         done = subprocess.run(["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     elif words[:2] == ["accelerate", "launch"]:
-        from vlm_sft.train import parse_recipe
+        from vlm_sft.training.train import parse_recipe
 
         rest = words[2:]
         if rest[0] == "--config_file":

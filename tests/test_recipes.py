@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlm_sft.train import parse_recipe
+from vlm_sft.training.train import parse_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Training recipes: every YAML under recipes/ except Accelerate's launcher configs and sweep grids.
@@ -104,7 +104,7 @@ def test_a_recipe_without_use_peft_is_refused_not_trained_with_default_lora(tmp_
 
 
 def test_the_training_entry_point_reports_a_bad_recipe_without_a_traceback(capsys, tmp_path):
-    from vlm_sft.train import main
+    from vlm_sft.training.train import main
 
     assert main([str(RECIPES / "quickstart.yaml"), "--warmup_ratio", "0.1"]) == 2
     assert "error: " in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
-from vlm_sft.checkpoints import checkpoint_problems, last_complete_checkpoint
+from vlm_sft.training.checkpoints import checkpoint_problems, last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from vlm_sft import sweep
-from vlm_sft.plots import plot_sweep
-from vlm_sft.sweep import SweepSpec, check_configs, expand, load_sweep, verdicts
+from vlm_sft.evaluation import sweep
+from vlm_sft.evaluation.plots import plot_sweep
+from vlm_sft.evaluation.sweep import SweepSpec, check_configs, expand, load_sweep, verdicts
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "recipes" / "sweeps" / "lora_rank_targets.yaml"

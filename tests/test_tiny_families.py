@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_families import FAMILIES, build_tiny_family, chat_template
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlm_sft.model import COMPONENTS
-from vlm_sft.tiny import LLAVA_15_CHAT_TEMPLATE
-from vlm_sft.tiny_families import FAMILIES, build_tiny_family, chat_template
+from vlm_sft.modeling.setup import COMPONENTS
+from vlm_sft.quickstart.tiny_model import LLAVA_15_CHAT_TEMPLATE
 
 # The special tokens each family's template or processor emits; each must be one token of the tokenizer.
 SPECIAL_TOKENS = {

@@ -27,10 +27,10 @@ def make_tiny_adapter(
     from transformers import AutoProcessor
     from trl import ModelConfig, ScriptArguments, SFTConfig
 
-    from vlm_sft.config import VisionArguments
-    from vlm_sft.model import apply_lora, load_model
-    from vlm_sft.model_card import write_training_card
-    from vlm_sft.report import trainable_parameters, write_report
+    from vlm_sft.hub.model_card import write_training_card
+    from vlm_sft.modeling.parameters import trainable_parameters, write_report
+    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.training.config import VisionArguments
 
     out = Path(out_dir)
     model_args = ModelConfig(

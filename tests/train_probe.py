@@ -25,7 +25,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 
 from vlm_sft.collator import VisionSFTCollator
-from vlm_sft.train import main
+from vlm_sft.training.train import main
 
 PROBE = Path(os.environ["VLM_SFT_PROBE_DIR"])
 HANG_AT = int(os.environ.get("VLM_SFT_PROBE_HANG_AT", "-1"))

@@ -13,14 +13,14 @@ import sys
 # name -> (module, one-line help). Modules are imported lazily: `vlm-sft data validate`
 # must not pay for importing torch-heavy training code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("vlm_sft.train_cli", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
-    "quickstart": ("vlm_sft.quickstart", "Build the tiny model and digits, train, evaluate base vs adapter."),
-    "data": ("vlm_sft.data_cli", "Validate, describe or draft conversation data (validate | stats | init)."),
-    "push": ("vlm_sft.hub_cli", "Push a run's adapter, processor and model card to the Hub."),
-    "infer": ("vlm_sft.hub_cli", "Ask an adapter (folder or Hub id) about an image; a chat without --prompt."),
-    "merge": ("vlm_sft.hub_cli", "Merge an adapter into its 16-bit base; save model, processor and card."),
-    "eval": ("vlm_sft.eval_cli", "Score base model vs adapters by generation on held-out data; write a report."),
-    "estimate": ("vlm_sft.memory_cli", "Estimate training memory for a model and recipe."),
+    "train": ("vlm_sft.cli.train", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
+    "quickstart": ("vlm_sft.quickstart.pipeline", "Build the tiny model and digits, train, evaluate base vs adapter."),
+    "data": ("vlm_sft.cli.data", "Validate, describe or draft conversation data (validate | stats | init)."),
+    "push": ("vlm_sft.cli.hub", "Push a run's adapter, processor and model card to the Hub."),
+    "infer": ("vlm_sft.cli.hub", "Ask an adapter (folder or Hub id) about an image; a chat without --prompt."),
+    "merge": ("vlm_sft.cli.hub", "Merge an adapter into its 16-bit base; save model, processor and card."),
+    "eval": ("vlm_sft.cli.eval", "Score base model vs adapters by generation on held-out data; write a report."),
+    "estimate": ("vlm_sft.cli.estimate", "Estimate training memory for a model and recipe."),
 }
 
 
@@ -44,6 +44,3 @@ def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
     module.add_arguments(cmd_parser)
     return module, cmd_parser.parse_args(argv[1:])
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Batched generation with left padding (greedy unless asked to sample); the prompt is the conversation up
 to its last assistant reply, rendered with the generation prompt; the reference is that reply. Scores
-come from `vlm_sft.metrics`; the report is written as eval_report.json / .md / .png.
+come from `vlm_sft.evaluation.metrics`; the report is written as eval_report.json / .md / .png.
 
     vlm-sft eval outputs/quickstart --eval-file .cache/digits/eval.json --image-dir .cache/digits/images
 """
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from vlm_sft.collator import _clean_messages, _images, _reply_text
-from vlm_sft.hub import attach_adapter, base_of, load_base_model, resolve_adapter
-from vlm_sft.metrics import HEADLINE, headline_value, score
+from vlm_sft.evaluation.metrics import HEADLINE, headline_value, score
+from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ def load_eval_set(
     limit: int | None = None,
     system_prompt: str | None = None,
 ) -> EvalSet:
-    """An eval set in any format `vlm_sft.data` reads (validated the same way as training data)."""
-    from vlm_sft.data import EVAL_SPLITS, load_conversations
+    """An eval set in any format `vlm_sft.data.loading` reads (validated the same way as training data)."""
+    from vlm_sft.data.loading import EVAL_SPLITS, load_conversations
 
     ds = load_conversations(
         path, image_dir, system_prompt, data_format=data_format, split=split or EVAL_SPLITS + ("train",)
@@ -190,7 +190,7 @@ def _with_template(processor: Any | None) -> Any | None:
 
 
 def _load(base: str, base_revision: str | None, adapter_dir: Path | None, device: str, dtype: torch.dtype):
-    """A fresh base model (`vlm_sft.hub`'s loader), with the adapter of a resolved folder on top when given.
+    """A fresh base model (`vlm_sft.hub.adapters`'s loader), with the adapter of a resolved folder on top when given.
 
     Fresh for every adapter because PEFT's `unload()` keeps the trained copy of `modules_to_save` (our
     projector): reusing one base across adapters would evaluate later ones on an already-tuned projector.
@@ -427,7 +427,7 @@ def format_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write eval_report.json, eval_report.md and eval_report.png into out_dir; returns their paths."""
-    from vlm_sft.plots import plot_eval_report
+    from vlm_sft.evaluation.plots import plot_eval_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import datasets
 
-from vlm_sft.data_formats import FORMATS, IMAGE_PLACEHOLDER, Sample, normalize
-from vlm_sft.data_report import Problem, errors, format_report, warnings_of
-from vlm_sft.data_sources import read_source
-from vlm_sft.data_validation import MAX_IMAGE_PIXELS, check_images, check_sample, mark_duplicates, resolve_image
+from vlm_sft.data.formats import FORMATS, IMAGE_PLACEHOLDER, Sample, normalize
+from vlm_sft.data.problems import Problem, errors, format_report, warnings_of
+from vlm_sft.data.sources import read_source
+from vlm_sft.data.validation import MAX_IMAGE_PIXELS, check_images, check_sample, mark_duplicates, resolve_image
 
 if TYPE_CHECKING:
-    from vlm_sft.config import VisionArguments
+    from vlm_sft.training.config import VisionArguments
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import datasets
 
-from vlm_sft.data_report import Problem
+from vlm_sft.data.problems import Problem
 
 JSON_SUFFIXES = (".json", ".jsonl")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")

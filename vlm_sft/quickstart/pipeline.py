@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vlm_sft.train import RecipeArgs
+    from vlm_sft.training.train import RecipeArgs
 
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
 
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare(recipe: RecipeArgs) -> None:
     """Build the tiny model and write the digits where the recipe expects them (idempotent)."""
-    from vlm_sft.digits import write_digits_dataset
-    from vlm_sft.tiny import build_tiny_llava
+    from vlm_sft.quickstart.digits import write_digits_dataset
+    from vlm_sft.quickstart.tiny_model import build_tiny_llava
 
     _, _, model, vision = recipe
     model_dir = build_tiny_llava(model.model_name_or_path)
@@ -51,8 +51,8 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
 
     The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
     """
-    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, write_report
-    from vlm_sft.recipe import recipe_eval_set
+    from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, write_report
+    from vlm_sft.training.recipe import recipe_eval_set
 
     _, training, model, _ = recipe
     output_dir = Path(training.output_dir)
@@ -80,7 +80,7 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from vlm_sft.recipe import load_recipe
+    from vlm_sft.training.recipe import load_recipe
 
     logging.basicConfig(level=logging.WARNING)
     try:

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlm_sft.data_report import Problem
-from vlm_sft.data_sources import RawRecord
+from vlm_sft.data.problems import Problem
+from vlm_sft.data.sources import RawRecord
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

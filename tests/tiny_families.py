@@ -38,7 +38,7 @@ import torch
 import transformers
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from vlm_sft.tiny import build_tiny_llava, build_tokenizer
+from vlm_sft.quickstart.tiny_model import build_tiny_llava, build_tokenizer
 
 # Toy sizes shared by the families. Language models: 2 layers, hidden 128, 4 heads of 32, 2 KV heads (k/v out 64).
 TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -91,8 +91,8 @@ class _ImageOnlyProcessor:
         # The shim goes in first, so that a push_to_hub=True save uploads it too.
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         Path(save_directory, f"{_SHIM}.py").write_text(
-            '"""Loads the image-only processor of vlm-sft (needs vlm-sft installed)."""\n\n'
-            f"from vlm_sft.tiny_families import {type(self).__name__}  # noqa: F401\n"
+            '"""Loads the image-only processor of the vlm-sft tests (needs tests/ on PYTHONPATH)."""\n\n'
+            f"from tiny_families import {type(self).__name__}  # noqa: F401\n"
         )
         return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
 

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesCo
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from vlm_sft.config import VisionArguments
+from vlm_sft.training.config import VisionArguments
 
 logger = logging.getLogger(__name__)
 

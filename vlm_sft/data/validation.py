@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vlm_sft.data_formats import IMAGE_PLACEHOLDER, ImageRef, Sample
+from vlm_sft.data.formats import IMAGE_PLACEHOLDER, ImageRef, Sample
 
 # PIL's own decompression-bomb threshold (~89 Mpx, a 9459 x 9459 image); PIL warns above it and
 # refuses above twice it. We refuse above it: no VLM processor needs more pixels than that.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch and the model module stay unimported for `adapter_size_mb` (model cards, push)
     import torch
 
-    from vlm_sft.model import Components
+    from vlm_sft.modeling.setup import Components
 
 _PEFT_PREFIX = re.compile(r"^base_model\.model\.")
 # PEFT keeps the original module beside the trained copy of a `modules_to_save` module.

@@ -2,7 +2,7 @@
 
 No weights are loaded. Parameter counts come from the config (tests check them against the real
 modules built on the meta device); bytes come from how the pinned stack (transformers 5.23,
-peft 0.21, trl 1.16, bitsandbytes 0.50) stores each part during `vlm_sft.train`:
+peft 0.21, trl 1.16, bitsandbytes 0.50) stores each part during `vlm_sft.training.train`:
 
 - 4-bit NF4 base: the language model's linear layers at 0.5 byte/parameter plus one absmax per
   64-value block (fp32, or 8-bit with double quantization plus an fp32 absmax per 256 blocks).
@@ -127,7 +127,7 @@ class ModelShape:
             raise ValueError(
                 f"The memory estimator does not know the {model_type!r} family yet (supported: "
                 f"{', '.join(SUPPORTED_FAMILIES)}). Its parameter layout and image-token count must be added to "
-                "vlm_sft/memory.py first."
+                "vlm_sft/modeling/memory.py first."
             )
         text_m, text_b, text = _text_parts(config.text_config, "model.language_model")
         vis_m, vis_b, vision, grid = _vision_parts(config.vision_config, "model.vision_tower")

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # One module serves three commands; cli.py names each parser "vlm-sft <command>".
     command = parser.prog.split()[-1]
     if command not in COMMANDS:
-        raise ValueError(f"vlm_sft.hub_cli serves {', '.join(COMMANDS)}, not {command!r}.")
+        raise ValueError(f"vlm_sft.cli.hub serves {', '.join(COMMANDS)}, not {command!r}.")
     {"push": _add_push, "infer": _add_infer, "merge": _add_merge}[command](parser)
     parser.set_defaults(hub_command=command)
 
@@ -91,7 +91,7 @@ def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
         return explicit or None  # --system "" turns the trained one off
     import json
 
-    from vlm_sft.model_card import SUMMARY_FILE
+    from vlm_sft.hub.model_card import SUMMARY_FILE
 
     path = adapter_dir / SUMMARY_FILE
     return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
@@ -101,7 +101,7 @@ def infer(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from vlm_sft.hub import load_adapter_model
+    from vlm_sft.hub.adapters import load_adapter_model
 
     try:
         with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
@@ -142,7 +142,7 @@ def _stdin_questions(image: str) -> Iterator[str]:
 
 
 def push(args: argparse.Namespace) -> int:
-    from vlm_sft.hub import PushRequest, push_output_dir
+    from vlm_sft.hub.adapters import PushRequest, push_output_dir
 
     request = PushRequest(
         repo_id=args.repo_id,
@@ -165,7 +165,7 @@ def push(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    from vlm_sft.hub import merge_adapter
+    from vlm_sft.hub.adapters import merge_adapter
 
     try:
         out = merge_adapter(

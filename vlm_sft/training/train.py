@@ -10,7 +10,15 @@ from accelerate import PartialState
 from transformers import AutoProcessor, TrainerCallback, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
-from vlm_sft.checkpoints import (
+from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
+from vlm_sft.data.lengths import prepare_length_grouping, sample_lengths, store_lengths
+from vlm_sft.data.loading import DataError, load_splits
+from vlm_sft.evaluation.plots import write_loss_plot
+from vlm_sft.hub.adapters import push_after_training, take_over_push
+from vlm_sft.hub.model_card import write_training_card
+from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
+from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
+from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
     OutputDirError,
@@ -20,16 +28,14 @@ from vlm_sft.checkpoints import (
     resolve_resume,
     resume_requested,
 )
-from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
-from vlm_sft.config import VisionArguments
-from vlm_sft.data import DataError, load_splits
-from vlm_sft.distributed import EngineError, check_process_group, check_quantization, detect_engine, unify_float_dtype
-from vlm_sft.hub import push_after_training, take_over_push
-from vlm_sft.lengths import prepare_length_grouping, sample_lengths, store_lengths
-from vlm_sft.model import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
-from vlm_sft.model_card import write_training_card
-from vlm_sft.plots import write_loss_plot
-from vlm_sft.report import adapter_size_mb, format_table, trainable_parameters, write_report
+from vlm_sft.training.config import VisionArguments
+from vlm_sft.training.distributed import (
+    EngineError,
+    check_process_group,
+    check_quantization,
+    detect_engine,
+    unify_float_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +176,7 @@ def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: Visi
     )
     model = apply_lora(model, parts, model_args, vision)
     if engine.shards_weights and model_args.dtype not in (None, "auto"):
-        unify_float_dtype(model, model_args.dtype)  # FSDP / ZeRO-3 need one dtype (vlm_sft.distributed)
+        unify_float_dtype(model, model_args.dtype)  # FSDP / ZeRO-3 need one dtype (vlm_sft.training.distributed)
     return model, parts
 
 

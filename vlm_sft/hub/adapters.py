@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm_sft.model_card import (
+from vlm_sft.hub.model_card import (
     SUMMARY_FILE,
     build_adapter_card,
     build_merged_card,

@@ -1,7 +1,7 @@
 """`vlm-sft estimate MODEL [--recipe recipes/X.yaml]`: training-memory breakdown, offline.
 
 MODEL is a local folder (or config.json), a Hub id whose config.json is in the local Hugging Face
-cache, or a built-in config (vlm_sft/builtin_configs: llava-1.5-7b, llava-1.5-13b,
+cache, or a built-in config (vlm_sft/modeling/builtin_configs: llava-1.5-7b, llava-1.5-13b,
 llava-v1.6-mistral-7b). Nothing is downloaded.
 """
 
@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlm_sft.memory import LORA_PRESETS, GiB, ModelShape, estimate, format_report, setup_from_recipe
+from vlm_sft.modeling.memory import LORA_PRESETS, GiB, ModelShape, estimate, format_report, setup_from_recipe
 
 
 class ConfigNotFound(ValueError):
@@ -25,7 +25,7 @@ class ConfigNotFound(ValueError):
 def builtin_configs() -> dict[str, str]:
     """Accepted names -> built-in file: 'llava-hf/llava-1.5-7b-hf', 'llava-1.5-7b-hf', 'llava-1.5-7b'."""
     names: dict[str, str] = {}
-    for entry in resources.files("vlm_sft.builtin_configs").iterdir():
+    for entry in resources.files("vlm_sft.modeling.builtin_configs").iterdir():
         if not entry.name.endswith(".json"):
             continue
         repo_id = entry.name[: -len(".json")].replace("--", "/", 1)
@@ -58,8 +58,8 @@ def resolve_config(model: str) -> tuple[Any, str]:
             return _config_from_dict(json.loads(Path(cached).read_text()), cached), f"Hugging Face cache {cached}"
     builtin = builtin_configs().get(model.lower())
     if builtin is not None:
-        text = resources.files("vlm_sft.builtin_configs").joinpath(builtin).read_text()
-        return _config_from_dict(json.loads(text), builtin), f"built-in vlm_sft/builtin_configs/{builtin}"
+        text = resources.files("vlm_sft.modeling.builtin_configs").joinpath(builtin).read_text()
+        return _config_from_dict(json.loads(text), builtin), f"built-in vlm_sft/modeling/builtin_configs/{builtin}"
     known = sorted({n for n in builtin_configs() if "/" in n})
     raise ConfigNotFound(
         f"No config for {model!r}: it is not a folder with config.json, its config.json is not in the local "
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kbit-upcast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="prepare_model_for_kbit_training's fp32 upcast of the unquantized parts (on, as vlm_sft.model does)",
+        help="prepare_model_for_kbit_training's fp32 upcast of the unquantized parts (on, as training does)",
     )
     parser.add_argument(
         "--device",

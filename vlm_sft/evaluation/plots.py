@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlm_sft.metrics import HEADLINE, headline_value
+from vlm_sft.evaluation.metrics import HEADLINE, headline_value
 
 logger = logging.getLogger(__name__)
 

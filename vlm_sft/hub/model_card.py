@@ -7,7 +7,7 @@ can be rebuilt from the folder alone:
 
     training_summary.json       written at the end of training (recipe values the folder does not hold)
     adapter_config.json         r, alpha, dropout, targets, modules_to_save (PEFT)
-    trainable_parameters.json   trainable / total per component (vlm_sft/report.py)
+    trainable_parameters.json   trainable / total per component (vlm_sft/modeling/parameters.py)
     trainer_state.json          the training log: final losses
     eval_report.json, loss.png  when present
 """
@@ -24,7 +24,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from vlm_sft.report import adapter_size_mb
+from vlm_sft.modeling.parameters import adapter_size_mb
 
 logger = logging.getLogger(__name__)
 
@@ -240,13 +240,13 @@ def _flatten_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _eval_section(report: dict, max_rows: int = 40) -> list[str]:
-    """The eval report's side-by-side table (vlm_sft.evaluate), or its numbers when it has another shape."""
+    """The eval report's side-by-side table (vlm_sft.evaluation.generate), or its numbers when it has another shape."""
     head = []
     if isinstance(report.get("n"), int):
         eval_file = Path(str(report.get("eval_file") or "")).name
         head = [f"Generated answers on {report['n']} held-out examples{f' (`{eval_file}`)' if eval_file else ''}:", ""]
     try:
-        from vlm_sft.evaluate import format_table
+        from vlm_sft.evaluation.generate import format_table
 
         return [*head, format_table(report)]
     except Exception:  # a report from another tool or version: show its numbers rather than fail the card

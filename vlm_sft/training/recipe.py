@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import datasets
 
-    from vlm_sft.evaluate import EvalSet
-    from vlm_sft.train import RecipeArgs
+    from vlm_sft.evaluation.generate import EvalSet
+    from vlm_sft.training.train import RecipeArgs
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> RecipeArgs:
@@ -20,7 +20,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> RecipeArgs:
     """
     import torch
 
-    from vlm_sft.train import parse_recipe
+    from vlm_sft.training.train import parse_recipe
 
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
     return parse_recipe(["--config", str(path), *map(str, overrides), *cpu])
@@ -28,7 +28,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> RecipeArgs:
 
 def eval_split(recipe: RecipeArgs) -> datasets.Dataset | None:
     """The eval Dataset exactly as training builds it (eval_file, or the seeded eval_fraction split); None if none."""
-    from vlm_sft.data import load_splits
+    from vlm_sft.data.loading import load_splits
 
     _, training_args, _, vision = recipe
     return load_splits(vision, seed=training_args.seed)[1]
@@ -40,8 +40,8 @@ def has_eval_set(recipe: RecipeArgs) -> bool:
 
 
 def recipe_eval_set(recipe: RecipeArgs, limit: int | None = None) -> EvalSet | None:
-    """`eval_split` as the EvalSet `vlm_sft.evaluate` scores (the first `limit` rows); None if none."""
-    from vlm_sft.evaluate import eval_set_from_dataset
+    """`eval_split` as the EvalSet `vlm_sft.evaluation.generate` scores (the first `limit` rows); None if none."""
+    from vlm_sft.evaluation.generate import eval_set_from_dataset
 
     ds = eval_split(recipe)
     if ds is None:

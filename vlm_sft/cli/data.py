@@ -15,12 +15,12 @@ import os
 import sys
 from pathlib import Path
 
-from vlm_sft.data import CheckedData, check_conversations, to_dataset
-from vlm_sft.data_formats import FORMATS, Sample
-from vlm_sft.data_report import Problem, errors, format_report
-from vlm_sft.data_sources import JSON_SUFFIXES
-from vlm_sft.data_stats import compute_stats, format_stats, percentile, token_lengths
-from vlm_sft.data_validation import MAX_IMAGE_PIXELS
+from vlm_sft.data.formats import FORMATS, Sample
+from vlm_sft.data.loading import CheckedData, check_conversations, to_dataset
+from vlm_sft.data.problems import Problem, errors, format_report
+from vlm_sft.data.sources import JSON_SUFFIXES
+from vlm_sft.data.stats import compute_stats, format_stats, percentile, token_lengths
+from vlm_sft.data.validation import MAX_IMAGE_PIXELS
 
 # The lesson's `create_training_data` templates, plus counting, state and structured answers.
 DRAFT_QUESTIONS = (

@@ -47,7 +47,7 @@ def _from_recipe(args: argparse.Namespace):
 
     --image-dir, --system-prompt and --data-format override the recipe's, as they would for training.
     """
-    from vlm_sft.recipe import load_recipe
+    from vlm_sft.training.recipe import load_recipe
 
     overrides = []
     for flag, value in (("image_dir", args.image_dir), ("system_prompt", args.system_prompt)):
@@ -68,9 +68,9 @@ def _from_recipe(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
-    from vlm_sft.data import DataError
-    from vlm_sft.evaluate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
-    from vlm_sft.recipe import has_eval_set, recipe_eval_set
+    from vlm_sft.data.loading import DataError
+    from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+    from vlm_sft.training.recipe import has_eval_set, recipe_eval_set
 
     recipe = None
     if args.recipe:

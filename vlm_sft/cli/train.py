@@ -11,6 +11,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_sft.train import main
+    from vlm_sft.training.train import main
 
     return main([args.recipe, *args.overrides])

@@ -3,8 +3,8 @@
     python scripts/sweep_lora.py recipes/sweeps/lora_rank_targets.yaml
 
 Each configuration is a separate training run (its own output folder, same seed and data order) through
-`vlm_sft.train`, in this process by default or under `accelerate launch` (`--launch`). Afterwards every
-adapter is scored on the base recipe's eval set by generation (`vlm_sft.evaluate`), and the sweep writes
+`vlm_sft.training.train`, in this process by default or under `accelerate launch` (`--launch`). Afterwards every
+adapter is scored on the base recipe's eval set by generation (`vlm_sft.evaluation.generate`), and the sweep writes
 sweep.json (everything), sweep.md (the table and the verdicts) and sweep.png (loss curves).
 """
 
@@ -112,7 +112,7 @@ def check_configs(spec: SweepSpec, configs: list[dict]) -> list[str]:
 
     Returns each run's base model (name or path).
     """
-    from vlm_sft.train import parse_recipe
+    from vlm_sft.training.train import parse_recipe
 
     return [parse_recipe(recipe_argv(spec, config))[2].model_name_or_path for config in configs]
 
@@ -131,7 +131,7 @@ def _check_local_model(model: str) -> None:
 def _train(argv: list[str], launch: list[str] | None) -> None:
     """One training run: in this process, or in a fresh one under `launch` (e.g. accelerate launch ...)."""
     if launch is None:
-        from vlm_sft.train import parse_recipe, train
+        from vlm_sft.training.train import parse_recipe, train
 
         train(*parse_recipe(argv))
         return
@@ -153,8 +153,8 @@ def final_loss(curve: list[tuple[int, float]], last: int = FINAL_LOSS_STEPS) -> 
 
 def collect(spec: SweepSpec, config: dict, wall_seconds: float) -> dict:
     """A finished run's numbers, read from what training wrote to its output folder."""
-    from vlm_sft.plots import loss_curves
-    from vlm_sft.report import adapter_size_mb
+    from vlm_sft.evaluation.plots import loss_curves
+    from vlm_sft.modeling.parameters import adapter_size_mb
 
     out = Path(spec.output_dir) / config["name"]
     state = json.loads((out / "trainer_state.json").read_text())
@@ -180,8 +180,8 @@ def collect(spec: SweepSpec, config: dict, wall_seconds: float) -> dict:
 
 def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
     """Exact match of every run's adapter (and the base model) on the recipe's eval set; returns the base's."""
-    from vlm_sft.evaluate import AdapterSpec, evaluate_models
-    from vlm_sft.recipe import has_eval_set, load_recipe, recipe_eval_set
+    from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models
+    from vlm_sft.training.recipe import has_eval_set, load_recipe, recipe_eval_set
 
     if spec.eval is None:
         return None
@@ -299,7 +299,7 @@ def format_markdown(result: dict) -> str:
 
 def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """sweep.json, sweep.md and sweep.png in out_dir."""
-    from vlm_sft.plots import plot_sweep
+    from vlm_sft.evaluation.plots import plot_sweep
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

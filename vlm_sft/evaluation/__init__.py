@@ -1,0 +1,1 @@
+"""Evaluation: answers by generation, metrics, reports, plots and the LoRA sweep."""

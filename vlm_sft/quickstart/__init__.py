@@ -1,0 +1,1 @@
+"""The embedded default: a tiny LLaVA model built locally and the scikit-learn digits."""
