@@ -124,7 +124,7 @@ def test_fsdp_environment_is_peft_qlora_recipe():
 
 
 def _model_args(*overrides: str):
-    return parse_recipe([str(REPO / "recipes" / "llava_qlora.yaml"), "--use_cpu", "true", *overrides])[2]
+    return parse_recipe([str(REPO / "recipes" / "llava_qlora.yaml"), "--use_cpu", "true", *overrides]).model_args
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -114,7 +114,7 @@ def check_configs(spec: SweepSpec, configs: list[dict]) -> list[str]:
     """
     from vlm_sft.training.train import parse_recipe
 
-    return [parse_recipe(recipe_argv(spec, config))[2].model_name_or_path for config in configs]
+    return [parse_recipe(recipe_argv(spec, config)).model_args.model_name_or_path for config in configs]
 
 
 def _check_local_model(model: str) -> None:
@@ -192,7 +192,7 @@ def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
     options = {"batch_size": 16, "max_new_tokens": 16, **{k: v for k, v in spec.eval.items() if k != "limit"}}
     eval_set = recipe_eval_set(recipe, limit=spec.eval.get("limit"))  # the held-out set training built
     adapters = [AdapterSpec(r["output_dir"], name=r["name"]) for r in runs]
-    report = evaluate_models(eval_set, adapters, base=recipe[2].model_name_or_path, **options)
+    report = evaluate_models(eval_set, adapters, base=recipe.model_args.model_name_or_path, **options)
     scores = {m["name"]: m["metrics"]["exact_match"] for m in report["models"]}
     for run in runs:
         run["eval_score"] = scores[run["name"]]

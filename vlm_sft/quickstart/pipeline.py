@@ -35,9 +35,8 @@ def prepare(recipe: RecipeArgs) -> None:
     from vlm_sft.quickstart.digits import write_digits_dataset
     from vlm_sft.quickstart.tiny_model import build_tiny_llava
 
-    _, _, model, vision = recipe
-    model_dir = build_tiny_llava(model.model_name_or_path)
-    files = write_digits_dataset(Path(vision.train_file).parent)
+    model_dir = build_tiny_llava(recipe.model_args.model_name_or_path)
+    files = write_digits_dataset(Path(recipe.vision.train_file).parent)
     print(f"tiny model: {model_dir}\ndigits: {files['train']} (train), {files['eval']} (held out)")
 
 
@@ -54,15 +53,14 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
     from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, write_report
     from vlm_sft.training.recipe import recipe_eval_set
 
-    _, training, model, _ = recipe
-    output_dir = Path(training.output_dir)
+    output_dir = Path(recipe.training_args.output_dir)
     eval_set = recipe_eval_set(recipe, limit=limit)  # the held-out set exactly as training built it
     if eval_set is None:
         raise ValueError("the recipe has no eval set: give eval_file or eval_fraction.")
     result = evaluate_models(
         eval_set,
         [AdapterSpec(str(output_dir), name="fine-tuned")],
-        base=model.model_name_or_path,
+        base=recipe.model_args.model_name_or_path,
         batch_size=batch_size,
         max_new_tokens=4,  # a digit and end of turn; more only lets the untrained base ramble
         progress=False,

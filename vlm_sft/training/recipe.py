@@ -30,12 +30,11 @@ def eval_split(recipe: RecipeArgs) -> datasets.Dataset | None:
     """The eval Dataset exactly as training builds it (eval_file, or the seeded eval_fraction split); None if none."""
     from vlm_sft.data.loading import load_splits
 
-    _, training_args, _, vision = recipe
-    return load_splits(vision, seed=training_args.seed)[1]
+    return load_splits(recipe.vision, seed=recipe.training_args.seed)[1]
 
 
 def has_eval_set(recipe: RecipeArgs) -> bool:
-    vision = recipe[3]
+    vision = recipe.vision
     return bool(vision.eval_file or vision.eval_fraction)
 
 
@@ -46,6 +45,6 @@ def recipe_eval_set(recipe: RecipeArgs, limit: int | None = None) -> EvalSet | N
     ds = eval_split(recipe)
     if ds is None:
         return None
-    _, training_args, _, vision = recipe
-    path = vision.eval_file or f"{vision.train_file} (eval_fraction={vision.eval_fraction}, seed={training_args.seed})"
+    vision, seed = recipe.vision, recipe.training_args.seed
+    path = vision.eval_file or f"{vision.train_file} (eval_fraction={vision.eval_fraction}, seed={seed})"
     return eval_set_from_dataset(ds, str(path), limit)

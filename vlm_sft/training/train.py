@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from accelerate import PartialState
 from transformers import AutoProcessor, TrainerCallback, set_seed
@@ -52,7 +53,13 @@ class FrozenVisionTowerCallback(TrainerCallback):
             logger.info("Frozen vision tower kept out of the backward pass.")
 
 
-RecipeArgs = tuple[ScriptArguments, SFTConfig, ModelConfig, VisionArguments]
+class RecipeArgs(NamedTuple):
+    """A parsed recipe: TRL's three argument dataclasses and ours, by name (unpacks in this order)."""
+
+    script_args: ScriptArguments
+    training_args: SFTConfig
+    model_args: ModelConfig
+    vision: VisionArguments
 
 
 def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
@@ -64,9 +71,9 @@ def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, VisionArguments))
-    args = parser.parse_args_and_config(argv)
-    check_supported(*args)
-    return args
+    recipe = RecipeArgs(*parser.parse_args_and_config(argv))
+    check_supported(*recipe)
+    return recipe
 
 
 # Keys TRL's dataclasses accept that this pipeline would otherwise ignore: name ours instead.
