@@ -30,18 +30,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vlm_sft.modeling.lora import TEXT_TARGETS, VISION_TARGETS
+
 GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "auto": 2}
-LORA_PRESETS = {
-    "qv": ("q_proj", "v_proj"),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-_VISION_PRESETS = {
-    "qv": ("q_proj", "v_proj"),
-    "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-}
+LORA_PRESETS = TEXT_TARGETS  # the recipe's lora_target presets (vlm_sft.modeling.lora)
 # TRL's fused LM-head loss (trl/kernels/chunked_logprob.py) scores tokens in tiles of at most
 # TOKEN_CHUNK x VOCAB_CHUNK logits.
 TOKEN_CHUNK, VOCAB_CHUNK = 4096, 32768
@@ -338,7 +331,7 @@ def lora_targets(shape: ModelShape, setup: TrainingSetup) -> list[Matrix]:
     preset = "all-linear" if explicit == "all-linear" else setup.lora_target
     chosen = [m for m in shape.lm_linears() if m.name in LORA_PRESETS[preset]]
     if vision_ok:
-        chosen += [m for m in shape.matrices if m.component == "vision_tower" and m.name in _VISION_PRESETS[preset]]
+        chosen += [m for m in shape.matrices if m.component == "vision_tower" and m.name in VISION_TARGETS[preset]]
     return chosen
 
 

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesCo
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from vlm_sft.modeling.lora import TEXT_TARGETS, VISION_TARGETS
 from vlm_sft.training.config import VisionArguments
 
 logger = logging.getLogger(__name__)
@@ -60,20 +61,6 @@ COMPONENTS: dict[str, Components] = {
     "smolvlm": _IDEFICS,
 }
 
-# LoRA presets: module-name alternatives inside the language model, and inside vision towers
-# (CLIP/SigLIP name attention q/k/v/out_proj and MLP fc1/fc2; Qwen's ViT fuses qkv).
-_TEXT_TARGETS = {
-    "qv": ("q_proj", "v_proj"),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-_VISION_TARGETS = {
-    "qv": ("q_proj", "v_proj", "qkv"),
-    "attention": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w+"),
-}
-
-
 def components_for(config: Any) -> Components:
     """The family's module map, or a clear refusal (listing the model's parts) for a family we have not mapped."""
     model_type = getattr(config, "model_type", None)
@@ -99,12 +86,12 @@ def _module_outline(config: Any) -> list[str]:
 
 def lora_target_regex(parts: Components, preset: str, on_vision_tower: bool = False) -> str:
     """A PEFT target regex (full match on module names) scoped to the language model, optionally the vision tower."""
-    text = rf"{re.escape(parts.language_model)}\..*\.({'|'.join(_TEXT_TARGETS[preset])})"
+    text = rf"{re.escape(parts.language_model)}\..*\.({'|'.join(TEXT_TARGETS[preset])})"
     if not on_vision_tower:
         return text
     # The projector sits inside Qwen's vision module: it is trained fully, never LoRA'd.
     not_projector = "".join(rf"(?!{re.escape(p)}\.)" for p in parts.projectors)
-    vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(_VISION_TARGETS[preset])})"
+    vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(VISION_TARGETS[preset])})"
     return rf"({text}|{vision})"
 
 

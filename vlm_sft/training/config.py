@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-LORA_TARGET_PRESETS = ("qv", "attention", "all-linear")
+from vlm_sft.modeling.lora import LORA_TARGET_PRESETS
 
 
 @dataclass
