@@ -53,7 +53,7 @@ class SampleTooLongError(ValueError):
     """A sample does not fit `max_length` and the policy is `error`."""
 
 
-def _clean_messages(messages: Sequence[dict]) -> list[dict]:
+def clean_messages(messages: Sequence[dict]) -> list[dict]:
     """Drop None-valued keys that Arrow adds to content parts ({"type": "image", "text": None})."""
     cleaned = []
     for message in messages:
@@ -64,7 +64,8 @@ def _clean_messages(messages: Sequence[dict]) -> list[dict]:
     return cleaned
 
 
-def _reply_text(message: dict) -> str:
+def reply_text(message: dict) -> str:
+    """A message's text: its string content, or its text parts joined (image parts skipped)."""
     content = message["content"]
     if isinstance(content, str):
         return content
@@ -170,7 +171,7 @@ class VisionSFTCollator:
             while end > start and texts[b][end - 1] in " \t":
                 end -= 1
             segment = texts[b][start:end]
-            reply = _reply_text(batch_messages[b][i]).rstrip()
+            reply = reply_text(batch_messages[b][i]).rstrip()
             if self.add_missing_eos and reply and segment.rstrip().endswith(reply):
                 # The template renders nothing after this reply: add eos right after it.
                 at = start + len(segment.rstrip())
@@ -203,13 +204,13 @@ class VisionSFTCollator:
         return batch if len(kept) == len(rows) else self(kept)
 
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch_messages = [_clean_messages(r["messages"]) for r in rows]
+        batch_messages = [clean_messages(r["messages"]) for r in rows]
         texts, spans = self.render_with_spans(batch_messages)
         # Tensors are made after the bookkeeping keys are popped: transformers converts a nested
         # offset_mapping element by element in Python, a fifth of the collator's time on long samples.
         batch = self._process(
             texts,
-            _images(rows),
+            batch_images(rows),
             return_tensors=None,
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
@@ -245,7 +246,7 @@ class VisionSFTCollator:
         """PaliGemma: no chat template; the processor builds labels from a prefix (prompt) and suffix (answer)."""
         prefixes, suffixes = [], []
         for r in rows:
-            messages = [m for m in _clean_messages(r["messages"]) if m["role"] != "system"]
+            messages = [m for m in clean_messages(r["messages"]) if m["role"] != "system"]
             if [m["role"] for m in messages] != ["user", "assistant"]:
                 raise TemplateError(
                     f"{type(self.processor).__name__} has no chat template: only single-turn user/assistant "
@@ -253,10 +254,10 @@ class VisionSFTCollator:
                 )
             # The processor wants its image tokens up front, one per image (it warns and guesses otherwise).
             n_images = len(r.get("images") or [])
-            prefixes.append(self.processor.image_token * n_images + _reply_text(messages[0]))
-            suffixes.append(_reply_text(messages[1]))
+            prefixes.append(self.processor.image_token * n_images + reply_text(messages[0]))
+            suffixes.append(reply_text(messages[1]))
         batch = self.processor(
-            text=prefixes, images=_images(rows), suffix=suffixes, padding="longest", return_tensors="pt"
+            text=prefixes, images=batch_images(rows), suffix=suffixes, padding="longest", return_tensors="pt"
         )
         batch["labels"][torch.isin(batch["input_ids"], self.image_token_ids)] = IGNORE_INDEX
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
@@ -268,8 +269,8 @@ class VisionSFTCollator:
         if self.uses_suffix:
             batch = self._collate_prefix_suffix(rows)
         else:
-            texts, _ = self.render_with_spans([_clean_messages(r["messages"]) for r in rows])
-            batch = self._process(texts, _images(rows))
+            texts, _ = self.render_with_spans([clean_messages(r["messages"]) for r in rows])
+            batch = self._process(texts, batch_images(rows))
         return batch["attention_mask"].sum(dim=1).tolist()
 
     def _apply_length_policy(self, rows: list[dict], lengths: list[int]) -> list[dict]:
@@ -293,7 +294,7 @@ class VisionSFTCollator:
         return kept
 
 
-def _images(rows: list[dict]) -> list[list] | None:
+def batch_images(rows: list[dict]) -> list[list] | None:
     """Images nested per sample: processors (Gemma 3, SmolVLM) need that to place them when a row has none."""
     nested = [list(r.get("images") or []) for r in rows]
     return nested if any(nested) else None

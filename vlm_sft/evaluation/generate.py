@@ -10,7 +10,6 @@ come from `vlm_sft.evaluation.metrics`; the report is written as eval_report.jso
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -20,31 +19,34 @@ from typing import Any
 
 import torch
 
-from vlm_sft.collator import _clean_messages, _images, _reply_text
-from vlm_sft.evaluation.metrics import HEADLINE, headline_value, score
+from vlm_sft.collator import batch_images, clean_messages, reply_text
+from vlm_sft.evaluation.metrics import score
+from vlm_sft.evaluation.report import REPORT_FILES, format_markdown, format_table, table_rows, write_report
 from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
 
 logger = logging.getLogger(__name__)
 
+# The report's formatting lives in vlm_sft.evaluation.report; its names are re-exported here.
 __all__ = [
+    "REPORT_FILES",
     "AdapterSpec",
     "EvalSet",
     "evaluate_models",
+    "format_markdown",
     "format_table",
     "generate_answers",
     "load_eval_set",
     "split_prompt",
+    "table_rows",
     "write_report",
 ]
-
-REPORT_FILES = ("eval_report.json", "eval_report.md", "eval_report.png")
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
     """(conversation before the last assistant reply, that reply)."""
-    messages = _clean_messages(messages)
+    messages = clean_messages(messages)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], _reply_text(messages[last])
+    return messages[:last], reply_text(messages[last])
 
 
 @torch.no_grad()
@@ -75,7 +77,7 @@ def generate_answers(
         bos = processor.tokenizer.bos_token
         inputs = processor(
             text=texts,
-            images=_images(batch),  # nested per sample, as in training (mixed text-only/image batches)
+            images=batch_images(batch),  # nested per sample, as in training (mixed text-only/image batches)
             padding=True,
             padding_side="left",  # generation continues every row from its last token
             add_special_tokens=not (bos and all(t.startswith(bos) for t in texts)),
@@ -164,7 +166,7 @@ def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> Eva
     for row in rows:
         prompt, reference = split_prompt(row["messages"])
         references.append(reference)
-        questions.append(_reply_text(prompt[-1]).strip() if prompt else "")
+        questions.append(reply_text(prompt[-1]).strip() if prompt else "")
     return EvalSet(source, rows, references, questions, _image_names(ds, n))
 
 
@@ -339,100 +341,3 @@ def worst_examples(examples: list[dict], name: str, k: int) -> list[int]:
         return own, own - base, e["index"]
 
     return [e["index"] for e in sorted(examples, key=key)[:k]]
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, label: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if "MAE" in label else f"{value:.3f}"
-
-
-def table_rows(report: dict) -> list[tuple[str, list[float | None]]]:
-    """(metric label, one value per model) for every headline metric some model has, then per JSON field."""
-    summaries = [m["metrics"] for m in report["models"]]
-    rows = []
-    for label, path, _ in HEADLINE:
-        values = [headline_value(s, path) for s in summaries]
-        if any(v is not None for v in values):
-            rows.append((label, values))
-    fields = sorted({k for s in summaries if s["json"] for k in s["json"]["per_field"]})
-    for key in fields:
-        rows.append((f"JSON field `{key}`", [(s["json"] or {}).get("per_field", {}).get(key) for s in summaries]))
-    return rows
-
-
-def format_table(report: dict) -> str:
-    """Markdown table: one row per metric, base and each adapter side by side, with each adapter's change."""
-    models = report["models"]
-    has_base = models[0]["kind"] == "base"
-    header = ["metric"]
-    for i, m in enumerate(models):
-        header.append(f"{m['name']}")
-        if has_base and i > 0:
-            header.append("Δ vs base")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for label, values in table_rows(report):
-        cells = [label]
-        for i, v in enumerate(values):
-            cells.append(_fmt(v, label))
-            if has_base and i > 0:
-                base_v = values[0]
-                cells.append("-" if v is None or base_v is None else f"{v - base_v:+.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(text: str, limit: int = 120) -> str:
-    """A table cell: one line, pipes escaped, long answers cut (the JSON report has them in full)."""
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def format_markdown(report: dict) -> str:
-    """eval_report.md: what was evaluated, the side-by-side table, then each adapter's worst examples."""
-    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["models"][0]["metrics"]["kinds"].items()))
-    gen = report["generation"]
-    decoding = "greedy" if not gen["do_sample"] else f"sampling (T={gen['temperature']}, top_p={gen['top_p']})"
-    lines = [
-        "# Evaluation report",
-        "",
-        f"- eval set: `{report['eval_file']}` ({report['n']} examples: {kinds})",
-        f"- base model: `{report['base_model']}`"
-        + (f" @ {report['base_revision']}" if report["base_revision"] else ""),
-        f"- generation: {decoding}, max_new_tokens={gen['max_new_tokens']}, batch size {gen['batch_size']}",
-    ]
-    for m in report["models"]:
-        if m["kind"] == "adapter":
-            rev = f" @ {m['revision']}" if m["revision"] else ""
-            lines.append(f"- adapter `{m['name']}`: `{m['path']}`{rev}")
-    lines += ["", format_table(report), ""]
-    by_index = {e["index"]: e for e in report["examples"]}
-    for name, indices in report["worst"].items():
-        has_base = "base" in by_index[indices[0]]["answers"] if indices else False
-        lines += [f"## Worst examples: {name}", ""]
-        header = ["#", "image", "question", "reference"] + (["base"] if has_base else []) + [name, "score"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-        for i in indices:
-            e = by_index[i]
-            cells = [str(i), ", ".join(e["images"]) or "-", _cell(e["question"], 60), _cell(e["reference"])]
-            cells += [_cell(e["answers"]["base"])] if has_base else []
-            cells += [_cell(e["answers"][name]), f"{e['scores'][name]['score']:.2f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write eval_report.json, eval_report.md and eval_report.png into out_dir; returns their paths."""
-    from vlm_sft.evaluation.plots import plot_eval_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name.rsplit(".", 1)[1]: out / name for name in REPORT_FILES}
-    paths["json"].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    paths["md"].write_text(format_markdown(report))
-    plot_eval_report(report, paths["png"])
-    return paths
