@@ -10,134 +10,68 @@ can be rebuilt from the folder alone:
     trainable_parameters.json   trainable / total per component (vlm_sft/modeling/parameters.py)
     trainer_state.json          the training log: final losses
     eval_report.json, loss.png  when present
+
+The text lives in Jinja templates (templates/adapter_card.md, templates/merged_card.md), rendered with
+`huggingface_hub.ModelCard.from_template` as TRL renders its cards; this module computes the values they show
+(`adapter_card_values`, `merged_card_values`). A new section is a block in the template fed by a new value, or,
+without touching the template, an entry {"title", "body"} in the values' `extra_sections`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from vlm_sft.hub.card_sections import (
+    eval_section,
+    lora_rows,
+    parameter_rows,
+    quantization_text,
+    result_rows,
+    run_losses,
+    table_cell,
+)
+from vlm_sft.hub.run_summary import (
+    SUMMARY_FILE,
+    framework_versions,
+    is_hub_dataset_id,
+    is_hub_id,
+    training_summary,
+)
 from vlm_sft.modeling.parameters import adapter_size_mb
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "training_summary.json"
+# Names other modules and tests import from here; the run summary's live in vlm_sft.hub.run_summary.
+__all__ = [
+    "SUMMARY_FILE",
+    "BaseModelIdError",
+    "adapter_card_values",
+    "build_adapter_card",
+    "build_merged_card",
+    "card_metadata",
+    "framework_versions",
+    "is_hub_dataset_id",
+    "is_hub_id",
+    "merged_card_values",
+    "resolve_base_model",
+    "training_summary",
+    "usage_snippet",
+    "write_training_card",
+]
+
+TEMPLATES = Path(__file__).parent / "templates"
 TAGS = ["peft", "trl", "sft", "vision-language", "image-text-to-text", "vlm-sft"]
-_VERSIONS = ("vlm-sft", "transformers", "peft", "trl", "torch", "accelerate", "datasets", "huggingface_hub")
-_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt", ".zip")
 DEFAULT_PROMPT = "Describe this image."
 
 
 class BaseModelIdError(ValueError):
     """The card needs the base model's Hub id and only a local path is known."""
-
-
-def is_hub_id(value: str | None) -> bool:
-    """True for `name` or `namespace/name` that is not a local path (the Hub rejects paths in `base_model`)."""
-    if not value or value.startswith((".", "/", "~")) or os.path.exists(value):
-        return False
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return False
-    return True
-
-
-def is_hub_dataset_id(value: str | None) -> bool:
-    """A Hub dataset id, not a data file such as `data/train.json` (which is also a syntactically valid id)."""
-    return is_hub_id(value) and not str(value).lower().endswith(_DATA_SUFFIXES)
-
-
-def framework_versions(quantized: bool = False) -> dict[str, str]:
-    """Installed versions of the libraries a run depends on."""
-    names = _VERSIONS + (("bitsandbytes",) if quantized else ())
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _plain(value: Any) -> Any:
-    """Enum -> its value, so TrainingArguments fields serialize to JSON."""
-    return getattr(value, "value", value)
-
-
-def training_summary(
-    script_args: Any,
-    training_args: Any,
-    model_args: Any,
-    vision: Any,
-    *,
-    num_train: int | None = None,
-    num_eval: int | None = None,
-) -> dict:
-    """What the card needs from the recipe and is not in the output directory. Never holds a token."""
-    quantized = bool(model_args.load_in_4bit or model_args.load_in_8bit)
-    quantization = None
-    if quantized:
-        quantization = {
-            "bits": 4 if model_args.load_in_4bit else 8,
-            "quant_type": model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "int8",
-            "double_quant": bool(model_args.use_bnb_nested_quant),
-            "compute_dtype": model_args.dtype,
-            "kept_in_16bit": ["vision tower", "projector", "lm_head"],
-        }
-    world = int(getattr(training_args, "world_size", 1) or 1)
-    hyper = {
-        "learning_rate": training_args.learning_rate,
-        "lr_scheduler_type": _plain(training_args.lr_scheduler_type),
-        "warmup_steps": training_args.warmup_steps,
-        "num_train_epochs": training_args.num_train_epochs,
-        "max_steps": training_args.max_steps,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "num_processes": world,
-        "effective_batch_size": training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * world,
-        "optim": _plain(training_args.optim),
-        "weight_decay": training_args.weight_decay,
-        "max_grad_norm": training_args.max_grad_norm,
-        "max_length": training_args.max_length,
-        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else str(model_args.dtype),
-        "activation_checkpointing": bool(getattr(training_args, "activation_checkpointing", False)),
-        "seed": training_args.seed,
-        "train_on": vision.train_on,
-        "too_long": vision.too_long,
-    }
-    data_refs = [getattr(script_args, "dataset_name", None), vision.train_file, vision.eval_file]
-    return {
-        "base_model_name_or_path": model_args.model_name_or_path,
-        "base_model_revision": model_args.model_revision,
-        "hub_base_model_id": vision.hub_base_model_id,
-        "datasets": list(dict.fromkeys(d for d in data_refs if is_hub_dataset_id(d))),
-        # Only the file name of local data: full paths say things about the machine, not the model.
-        "train_data": Path(vision.train_file).name if vision.train_file else None,
-        "num_train_samples": num_train,
-        "num_eval_samples": num_eval,
-        "system_prompt": vision.system_prompt,
-        "lora": {
-            "preset": None if model_args.lora_target_modules else vision.lora_target,
-            "target_modules_override": model_args.lora_target_modules,
-            "on_vision_tower": vision.lora_on_vision_tower,
-            "train_projector": vision.train_projector,
-            "train_vision_tower": vision.train_vision_tower,
-            "use_dora": bool(getattr(model_args, "use_dora", False)),
-        },
-        "quantization": quantization,
-        "hyperparameters": hyper,
-        "framework_versions": framework_versions(quantized),
-    }
 
 
 def _read_json(path: Path) -> dict | None:
@@ -161,7 +95,8 @@ def _base_license(base: str | None, base_path: str | None) -> str | None:
     for path in candidates:
         try:
             license_ = ModelCard.load(path, ignore_metadata_errors=True).data.license
-        except Exception:  # a malformed base card must not break ours
+        except (OSError, ValueError, yaml.YAMLError) as err:  # a malformed base card must not break ours
+            logger.info("No license read from %s: %s", path, err)
             continue
         if license_:
             return license_
@@ -194,71 +129,6 @@ def resolve_base_model(
         raise BaseModelIdError(message)
     logger.info("%s The card is written without base_model for now.", message)  # a push would refuse it
     return None
-
-
-def _losses(state: dict | None) -> dict[str, Any]:
-    """Final training loss (last logged), mean training loss, final eval loss, steps, epochs, runtime."""
-    if not state:
-        return {}
-    history = state.get("log_history", [])
-    out: dict[str, Any] = {"global_step": state.get("global_step"), "epoch": state.get("epoch")}
-    for key, name in (("loss", "final_train_loss"), ("eval_loss", "final_eval_loss")):
-        entry = next((e for e in reversed(history) if key in e), None)
-        if entry is not None:
-            out[name] = entry[key]
-            out[name + "_step"] = entry.get("step")
-    for key in ("train_loss", "train_runtime"):
-        entry = next((e for e in reversed(history) if key in e), None)
-        if entry is not None:
-            out[key] = entry[key]
-    return out
-
-
-def _fmt(value: Any) -> str:
-    """A markdown table cell: short floats, code-quoted lists, and `|` escaped (LoRA target regexes hold some)."""
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, (list, tuple)):
-        text = ", ".join(f"`{v}`" for v in value)
-    else:
-        text = "" if value is None else str(value)
-    return text.replace("|", "\\|")
-
-
-def _flatten_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves as `a.b.c` keys; list items named by their "name" (per-example lists are skipped)."""
-    out: dict[str, float] = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            out.update(_flatten_numbers(value, f"{prefix}{key}."))
-    elif isinstance(obj, list) and all(isinstance(v, dict) and "name" in v for v in obj):
-        for item in obj:
-            out.update(_flatten_numbers({k: v for k, v in item.items() if k != "name"}, f"{prefix}{item['name']}."))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix.rstrip(".")] = obj
-    return out
-
-
-def _eval_section(report: dict, max_rows: int = 40) -> list[str]:
-    """The eval report's side-by-side table (vlm_sft.evaluation.generate), or its numbers when it has another shape."""
-    head = []
-    if isinstance(report.get("n"), int):
-        eval_file = Path(str(report.get("eval_file") or "")).name
-        head = [f"Generated answers on {report['n']} held-out examples{f' (`{eval_file}`)' if eval_file else ''}:", ""]
-    try:
-        from vlm_sft.evaluation.generate import format_table
-
-        return [*head, format_table(report)]
-    except Exception:  # a report from another tool or version: show its numbers rather than fail the card
-        pass
-    numbers = {k: v for k, v in _flatten_numbers(report).items() if not k.startswith(("examples", "worst"))}
-    if not numbers:
-        return ["See `eval_report.json`."]
-    lines = [*head, "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in list(numbers.items())[:max_rows]]
-    if len(numbers) > max_rows:
-        lines.append(f"\n{len(numbers) - max_rows} more values in `eval_report.json`.")
-    return lines
 
 
 def usage_snippet(base: str, model_ref: str, *, merged: bool = False, system_prompt: str | None = None) -> str:
@@ -306,87 +176,6 @@ def usage_snippet(base: str, model_ref: str, *, merged: bool = False, system_pro
     )
 
 
-def _lora_lines(adapter_config: dict, summary: dict, params: dict | None) -> list[str]:
-    lora = summary.get("lora") or {}
-    targets = adapter_config.get("target_modules")
-    target_text = f"`{targets}`" if isinstance(targets, str) else _fmt(sorted(targets or []))
-    comps = (params or {}).get("components", {})
-    names = sorted((params or {}).get("lora_targets", {}))
-    vision = comps.get("vision_tower", {})
-    projector = comps.get("projector", {})
-    if lora.get("on_vision_tower") or lora.get("train_vision_tower"):
-        vision_text = "LoRA" if lora.get("on_vision_tower") else "trained fully"
-    elif vision:
-        vision_text = "frozen" if not vision.get("trainable") else f"{vision['percent']}% trainable"
-    else:
-        vision_text = "frozen" if lora else "see adapter_config.json"
-    if projector:
-        projector_text = (
-            f"trained fully ({projector['trainable']:,} parameters)"
-            if projector.get("percent") == 100.0
-            else ("frozen" if not projector.get("trainable") else f"{projector['percent']}% trainable")
-        )
-    else:
-        projector_text = "trained fully" if adapter_config.get("modules_to_save") else "frozen"
-    scope = "language model only" if not lora.get("on_vision_tower") else "language model and vision tower"
-    if lora.get("preset"):
-        scope += f" (`lora_target: {lora['preset']}`)"
-    rows = [
-        ("r", adapter_config.get("r")),
-        ("lora_alpha", adapter_config.get("lora_alpha")),
-        ("lora_dropout", adapter_config.get("lora_dropout")),
-        ("target modules", target_text),
-        ("LoRA layers", _fmt(names) if names else None),
-        ("scope", scope),
-        ("vision tower", vision_text),
-        ("projector", projector_text),
-        ("modules saved in full", _fmt(adapter_config.get("modules_to_save"))),
-        ("DoRA / rsLoRA", f"{bool(adapter_config.get('use_dora'))} / {bool(adapter_config.get('use_rslora'))}"),
-    ]
-    return ["| setting | value |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows if v not in (None, ""))]
-
-
-def _quantization_line(summary: dict) -> str:
-    quant = summary.get("quantization")
-    if not summary:
-        return "Not recorded (no `training_summary.json` in the run's folder)."
-    if not quant:
-        precision = summary.get("hyperparameters", {}).get("precision")
-        return f"None (LoRA): the frozen base model was loaded in {precision}."
-    kept = ", ".join(quant.get("kept_in_16bit", []))
-    return (
-        f"QLoRA: base model loaded in {quant['bits']}-bit ({quant['quant_type']}, double quantization "
-        f"{'on' if quant.get('double_quant') else 'off'}, compute dtype {quant.get('compute_dtype')}); {kept} kept in "
-        "16-bit. Merge this adapter into a 16-bit base (`vlm-sft merge`), never into a 4-bit one."
-    )
-
-
-def _params_lines(params: dict | None, size_mb: float) -> list[str]:
-    if not params:
-        return [f"Adapter size: {size_mb:.2f} MB."]
-    lines = ["| component | trainable | total | % |", "|---|---:|---:|---:|"]
-    for name, row in params["components"].items():
-        lines.append(f"| {name} | {row['trainable']:,} | {row['total']:,} | {row['percent']:.3f} |")
-    lines.append(f"| **all** | **{params['trainable']:,}** | **{params['total']:,}** | **{params['percent']:.3f}** |")
-    lines.append(f"\nTrainable: {params['percent']:.3f}% of the model's parameters. Adapter size: {size_mb:.2f} MB.")
-    return lines
-
-
-def _loss_lines(losses: dict) -> list[str]:
-    rows = [
-        ("steps", losses.get("global_step")),
-        ("epochs", losses.get("epoch")),
-        (f"final training loss (step {losses.get('final_train_loss_step')})", losses.get("final_train_loss")),
-        ("mean training loss over the run", losses.get("train_loss")),
-        (f"final eval loss (step {losses.get('final_eval_loss_step')})", losses.get("final_eval_loss")),
-        ("training time (s)", losses.get("train_runtime")),
-    ]
-    rows = [(k, v) for k, v in rows if v is not None]
-    if not rows:
-        return ["No training log (`trainer_state.json`) in the run's folder."]
-    return ["| | |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows)]
-
-
 def _metadata(
     *,
     base: str | None,
@@ -418,7 +207,12 @@ def _load_inputs(output_dir: Path) -> tuple[dict, dict, dict | None, dict | None
     return adapter_config, summary, params, state
 
 
-def build_adapter_card(
+def render_card(template: str, data: ModelCardData, values: dict[str, Any]) -> ModelCard:
+    """`templates/<template>` rendered with the metadata and the values (as TRL renders its model cards)."""
+    return ModelCard.from_template(data, template_path=TEMPLATES / template, **values)
+
+
+def adapter_card_values(
     output_dir: str | Path,
     *,
     repo_id: str | None = None,
@@ -427,8 +221,8 @@ def build_adapter_card(
     datasets: list[str] | None = None,
     description: str | None = None,
     require_hub_base: bool = True,
-) -> ModelCard:
-    """The adapter's card from the files in `output_dir`; `repo_id` is what the usage snippet loads."""
+) -> tuple[ModelCardData, dict[str, Any]]:
+    """The adapter card's metadata and the values templates/adapter_card.md shows, from the files in `output_dir`."""
     out = Path(output_dir)
     adapter_config, summary, params, state = _load_inputs(out)
     base = resolve_base_model(adapter_config, summary, base_model, required=require_hub_base)
@@ -444,7 +238,6 @@ def build_adapter_card(
         tags.append("dora")
     data = _metadata(base=base, relation="adapter", library="peft", license_=license_, datasets=datasets, tags=tags)
     model_ref = repo_id or str(out)
-    title = (repo_id or out.name).split("/")[-1]
     base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{base_path}`"
     data_text = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)
     if not data_text and summary.get("train_data"):
@@ -453,65 +246,57 @@ def build_adapter_card(
     trained_on = f"Trained on {data_text}" if data_text else "Trained"
     if n:
         trained_on += f" ({n:,} conversations)"
-    what = description or (
-        f"A {'QLoRA' if quantized else 'LoRA'} adapter that fine-tunes the vision-language model {base_text} "
-        f"to answer questions about images. {trained_on} by supervised fine-tuning on the assistant replies "
-        "(TRL's SFTTrainer, via vlm-sft)."
-    )
     system_prompt = summary.get("system_prompt")
     hyper = summary.get("hyperparameters") or {}
-    losses = _losses(state)
-    versions = summary.get("framework_versions")
-    versions_title = "Framework versions" if versions else "Framework versions (where this card was written)"
-    versions = versions or framework_versions(quantized)
-    body = [
-        f"# {title}",
-        "",
-        what,
-        "",
-        "## Use it",
-        "",
-        "```python",
-        usage_snippet(base or str(base_path), model_ref, system_prompt=system_prompt),
-        "```",
-        "",
-        "From the command line (a Hub id or a local folder, `--revision` for a branch, works offline from the "
-        "HF cache with `HF_HUB_OFFLINE=1`):",
-        "",
-        "```bash",
-        f'vlm-sft infer --adapter {model_ref} --image photo.jpg --prompt "{DEFAULT_PROMPT}"',
-        f"vlm-sft merge --adapter {model_ref} --out merged/  # a standalone 16-bit model",
-        "```",
-    ]
-    if system_prompt:
-        body += ["", f"Trained with the system prompt {system_prompt!r}: keep it at inference."]
-    body += ["", "## LoRA", "", *_lora_lines(adapter_config, summary, params)]
-    body += ["", "## Quantization", "", _quantization_line(summary)]
-    body += ["", "## Training hyperparameters", ""]
-    if hyper:
-        body += ["| hyperparameter | value |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in hyper.items())]
-        if hyper.get("num_processes"):
-            per_device, accumulation = hyper["per_device_train_batch_size"], hyper["gradient_accumulation_steps"]
-            body.append(
-                f"\nBatch: {per_device} per device x {accumulation} accumulation x {hyper['num_processes']} "
-                f"processes = {hyper['effective_batch_size']} samples per step."
-            )
-    else:
-        body.append("Not recorded (no `training_summary.json` in the run's folder).")
-    body += ["", "## Trainable parameters", "", *_params_lines(params, adapter_size_mb(out))]
-    body += ["", "## Results", "", *_loss_lines(losses)]
-    if (out / "loss.png").is_file():
-        body += ["", "![Training loss](loss.png)"]
+    batch_line = None
+    if hyper.get("num_processes"):
+        batch_line = (
+            f"Batch: {hyper['per_device_train_batch_size']} per device x {hyper['gradient_accumulation_steps']} "
+            f"accumulation x {hyper['num_processes']} processes = {hyper['effective_batch_size']} samples per step."
+        )
+    size_mb = adapter_size_mb(out)
+    parameter_summary = f"Adapter size: {size_mb:.2f} MB."
+    if params:
+        parameter_summary = f"Trainable: {params['percent']:.3f}% of the model's parameters. {parameter_summary}"
     report = _read_json(out / "eval_report.json")
-    if report is not None:
-        body += ["", "### Evaluation", "", *_eval_section(report)]
-        if (out / "eval_report.md").is_file():
-            body.append("\nFull report: [eval_report.md](eval_report.md).")
-    body += ["", f"## {versions_title}", "", *(f"- {k}: {v}" for k, v in versions.items())]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+    versions = summary.get("framework_versions")
+    values = {
+        "title": (repo_id or out.name).split("/")[-1],
+        "description": description
+        or (
+            f"A {'QLoRA' if quantized else 'LoRA'} adapter that fine-tunes the vision-language model {base_text} "
+            f"to answer questions about images. {trained_on} by supervised fine-tuning on the assistant replies "
+            "(TRL's SFTTrainer, via vlm-sft)."
+        ),
+        "usage_python": usage_snippet(base or str(base_path), model_ref, system_prompt=system_prompt),
+        "model_ref": model_ref,
+        "prompt": DEFAULT_PROMPT,
+        "system_prompt": system_prompt,
+        "system_prompt_repr": repr(system_prompt),
+        "lora_rows": lora_rows(adapter_config, summary, params),
+        "quantization": quantization_text(summary),
+        "hyperparameter_rows": [(k, table_cell(v)) for k, v in hyper.items()],
+        "batch_line": batch_line,
+        "parameter_rows": parameter_rows(params),
+        "parameter_summary": parameter_summary,
+        "result_rows": result_rows(run_losses(state)),
+        "loss_plot": (out / "loss.png").is_file(),
+        "evaluation": None if report is None else eval_section(report),
+        "eval_report_md": (out / "eval_report.md").is_file(),
+        "extra_sections": [],
+        "versions_title": "Framework versions" if versions else "Framework versions (where this card was written)",
+        "versions": versions or framework_versions(quantized),
+    }
+    return data, values
 
 
-def build_merged_card(
+def build_adapter_card(output_dir: str | Path, **options: Any) -> ModelCard:
+    """The adapter's card from the files in `output_dir` (options: those of `adapter_card_values`); `repo_id` is
+    what the usage snippet loads."""
+    return render_card("adapter_card.md", *adapter_card_values(output_dir, **options))
+
+
+def merged_card_values(
     adapter_dir: str | Path,
     *,
     adapter_ref: str,
@@ -519,17 +304,17 @@ def build_merged_card(
     base_model: str | None,
     dtype: str,
     out_ref: str,
-) -> ModelCard:
-    """The card of a model merged from an adapter: `base_model_relation: merge`, transformers usage, LoRA settings."""
+) -> tuple[ModelCardData, dict[str, Any]]:
+    """The merged model's metadata (`base_model_relation: merge`) and the values templates/merged_card.md shows."""
     adapter_config, summary, params, _ = _load_inputs(Path(adapter_dir))
     base = resolve_base_model(adapter_config, summary, base_model, required=False)
     base_path = summary.get("base_model_name_or_path") or adapter_config.get("base_model_name_or_path")
     adapter_card = Path(adapter_dir, "README.md")
     license_, datasets = summary.get("license"), list(summary.get("datasets") or [])
     if adapter_card.is_file():
-        data = ModelCard.load(adapter_card, ignore_metadata_errors=True).data
-        license_ = license_ or data.license
-        datasets = datasets or [d for d in (data.datasets or []) if is_hub_dataset_id(d)]
+        card_data = ModelCard.load(adapter_card, ignore_metadata_errors=True).data
+        license_ = license_ or card_data.license
+        datasets = datasets or [d for d in (card_data.datasets or []) if is_hub_dataset_id(d)]
     license_ = license_ or _base_license(base, base_path)
     data = _metadata(
         base=base,
@@ -539,30 +324,27 @@ def build_merged_card(
         datasets=datasets,
         tags=["merge", "lora", *TAGS],
     )
-    source = f"[{adapter_ref}](https://huggingface.co/{adapter_ref})" if is_hub_id(adapter_ref) else f"`{adapter_ref}`"
-    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{base_path}`"
-    body = [
-        f"# {Path(out_ref).name}",
-        "",
-        f"The LoRA adapter {source}{f' (revision `{revision}`)' if revision else ''} merged into {base_text}, loaded "
-        f"in {dtype} (never in 4-bit: merging into quantized weights degrades the model). A standalone model: no "
-        "PEFT needed to load it.",
-        "",
-        "## Use it",
-        "",
-        "```python",
-        usage_snippet(base or str(base_path), out_ref, merged=True, system_prompt=summary.get("system_prompt")),
-        "```",
-        "",
-        "## LoRA that was merged",
-        "",
-        *_lora_lines(adapter_config, summary, params),
-        "",
-        "## Framework versions",
-        "",
-        *(f"- {k}: {v}" for k, v in framework_versions().items()),
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+    values = {
+        "title": Path(out_ref).name,
+        "source": f"[{adapter_ref}](https://huggingface.co/{adapter_ref})"
+        if is_hub_id(adapter_ref)
+        else f"`{adapter_ref}`",
+        "revision": revision,
+        "base_text": f"[{base}](https://huggingface.co/{base})" if base else f"`{base_path}`",
+        "dtype": dtype,
+        "usage_python": usage_snippet(
+            base or str(base_path), out_ref, merged=True, system_prompt=summary.get("system_prompt")
+        ),
+        "lora_rows": lora_rows(adapter_config, summary, params),
+        "extra_sections": [],
+        "versions": framework_versions(),
+    }
+    return data, values
+
+
+def build_merged_card(adapter_dir: str | Path, **options: Any) -> ModelCard:
+    """The card of a model merged from an adapter (options: those of `merged_card_values`)."""
+    return render_card("merged_card.md", *merged_card_values(adapter_dir, **options))
 
 
 def write_training_card(
