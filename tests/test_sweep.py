@@ -10,6 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from vlm_sft.cli import main as cli_main
+from vlm_sft.cli import parse_command
+from vlm_sft.cli.sweep import overrides
 from vlm_sft.evaluation import sweep
 from vlm_sft.evaluation.plots import plot_sweep
 from vlm_sft.evaluation.sweep import SweepSpec, check_configs, expand, load_sweep, verdicts
@@ -66,12 +69,27 @@ def test_launch_runs_each_training_under_the_launcher(monkeypatch):
                       "--lora_r", "4"]]  # fmt: skip
 
 
-def test_set_values_are_yaml_scalars():
-    assert sweep._parse_set(["num_train_epochs=1", "learning_rate=1e-3", "bf16=false", "lora_target=qv"]) == {
-        "num_train_epochs": 1, "learning_rate": 1e-3, "bf16": False, "lora_target": "qv",
+def test_recipe_keys_on_the_command_line_are_yaml_scalars():
+    args = parse_command(["sweep", "s.yaml", "--num_train_epochs", "1", "--learning_rate=1e-3", "--only", "r4-qv",
+                          "--bf16", "false", "--set", "lora_target=qv", "--disable_tqdm"])[1]  # fmt: skip
+    assert args.sweep == "s.yaml" and args.only == "r4-qv"
+    assert overrides(args) == {
+        "lora_target": "qv", "num_train_epochs": 1, "learning_rate": 1e-3, "bf16": False, "disable_tqdm": True,
     }  # fmt: skip
     with pytest.raises(ValueError, match="key=value"):
-        sweep._parse_set(["num_train_epochs"])
+        overrides(parse_command(["sweep", "s.yaml", "--set", "num_train_epochs"])[1])
+    with pytest.raises(ValueError, match="not a recipe key: --num_trian_epochs"):
+        overrides(parse_command(["sweep", "s.yaml", "--num_trian_epochs", "1"])[1])
+
+
+def test_sweep_command_help_and_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["sweep", "--help"])
+    assert done.value.code == 0 and "--base_recipe" in capsys.readouterr().out
+    assert cli_main(["sweep", str(SHIPPED), "--lora_rank", "4"]) == 2
+    assert "error: not a recipe key: --lora_rank" in capsys.readouterr().err
+    assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml" in capsys.readouterr().err
 
 
 def test_two_run_sweep_end_to_end(tiny_llava, digits, tmp_path, capsys):
@@ -100,7 +118,7 @@ def test_two_run_sweep_end_to_end(tiny_llava, digits, tmp_path, capsys):
             }
         )
     )
-    assert sweep.main([str(sweep_file)]) == 0
+    assert cli_main(["sweep", str(sweep_file)]) == 0
     stdout = capsys.readouterr().out
     out = tmp_path / "sweep"
     result = json.loads((out / "sweep.json").read_text())

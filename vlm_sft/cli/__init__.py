@@ -1,7 +1,8 @@
 """The `vlm-sft` console script: one subcommand per module, imported only when used.
 
 Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`
-(0 = success, 1 = the input is invalid and a report was printed, 2 = usage error).
+(0 = success, 1 = the input is invalid and a report was printed, 2 = usage error). A module that sets
+`TAKES_RECIPE_KEYS = True` gets the `--key value` pairs it does not define itself in `args.recipe_keys`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("vlm_sft.cli.hub", "Push a run's adapter, processor and model card to the Hub."),
     "infer": ("vlm_sft.cli.hub", "Ask an adapter (folder or Hub id) about an image; a chat without --prompt."),
     "merge": ("vlm_sft.cli.hub", "Merge an adapter into its 16-bit base; save model, processor and card."),
+    "sweep": ("vlm_sft.cli.sweep", "Train one run per grid point of a sweep file, then compare loss and eval score."),
     "eval": ("vlm_sft.cli.eval", "Score base model vs adapters by generation on held-out data; write a report."),
     "estimate": ("vlm_sft.cli.estimate", "Estimate training memory for a model and recipe."),
 }
@@ -30,9 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help(sys.stderr if argv else sys.stdout)
-        return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if argv[0] not in COMMANDS:
+        print(
+            f"error: unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)} (vlm-sft --help)",
+            file=sys.stderr,
+        )
+        return 2
     module, args = parse_command(argv)
     return int(module.run(args) or 0)
 
@@ -42,5 +50,8 @@ def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd_parser = argparse.ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd_parser)
-    return module, cmd_parser.parse_args(argv[1:])
-
+    if not getattr(module, "TAKES_RECIPE_KEYS", False):
+        return module, cmd_parser.parse_args(argv[1:])
+    args, extra = cmd_parser.parse_known_args(argv[1:])
+    args.recipe_keys = extra  # validated by the command (vlm_sft.training.recipe.parse_key_values)
+    return module, args

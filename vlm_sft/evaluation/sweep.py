@@ -1,6 +1,6 @@
 """LoRA sweep: one training run per grid point, all sharing a base recipe; which converges fastest, which ends lowest.
 
-    python scripts/sweep_lora.py recipes/sweeps/lora_rank_targets.yaml
+    vlm-sft sweep recipes/sweeps/lora_rank_targets.yaml       (or python scripts/sweep_lora.py ...)
 
 Each configuration is a separate training run (its own output folder, same seed and data order) through
 `vlm_sft.training.train`, in this process by default or under `accelerate launch` (`--launch`). Afterwards every
@@ -10,13 +10,11 @@ sweep.json (everything), sweep.md (the table and the verdicts) and sweep.png (lo
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -308,54 +306,3 @@ def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["md"].write_text(format_markdown(result))
     plot_sweep(result["runs"], paths["png"], threshold=result["sweep"]["loss_threshold"])
     return paths
-
-
-# ---------------------------------------------------------------------------------------------- command line
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """--set key=value pairs; values are read as YAML scalars (3 -> int, 1e-3 -> float, true -> bool, qv -> str)."""
-    values = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set num_train_epochs=1")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string; a float is meant
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        values[key] = parsed
-    return values
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/sweep_lora.py."""
-    parser = argparse.ArgumentParser(prog="sweep_lora.py", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="recipes/sweeps/X.yaml")
-    parser.add_argument("--base-recipe", help="train from this recipe instead of the sweep file's")
-    parser.add_argument("--output-dir", help="write runs and sweep.* here instead of the sweep file's output_dir")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    parser.add_argument("--only", help="comma-separated run names, e.g. r4-qv,r64-attention")
-    parser.add_argument("--no-eval", action="store_true", help="skip scoring the adapters by generation")
-    parser.add_argument(
-        "--launch",
-        help='run each training in a new process under this launcher, e.g. "accelerate launch --num_processes 2"',
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        spec = load_sweep(args.sweep)
-        spec.base_recipe = args.base_recipe or spec.base_recipe
-        spec.output_dir = args.output_dir or spec.output_dir
-        spec.overrides = {**spec.overrides, **_parse_set(args.set)}
-        spec.eval = None if args.no_eval else spec.eval
-        only = [n.strip() for n in args.only.split(",")] if args.only else None
-        result = run_sweep(spec, only=only, launch=shlex.split(args.launch) if args.launch else None)
-    except (ValueError, FileNotFoundError, subprocess.CalledProcessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_markdown(result))
-    print(f"sweep: {Path(spec.output_dir) / 'sweep.md'}, sweep.json, sweep.png")
-    return 0
