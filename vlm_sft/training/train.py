@@ -17,6 +17,7 @@ from vlm_sft.data.loading import DataError, load_splits
 from vlm_sft.evaluation.plots import write_loss_plot
 from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
+from vlm_sft.logs import setup_logging
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
 from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
 from vlm_sft.training.checkpoints import (
@@ -252,12 +253,12 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point shared by scripts/sft_vlm.py and `vlm-sft train`: 1 for bad data or state, 2 for a bad recipe."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         script_args, training_args, model_args, vision = parse_recipe(argv)
     except (ValueError, OSError) as err:  # unknown key, bad value, missing recipe: a usage error, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    setup_logging(training_args)  # INFO on the main process, WARNING on the others
     try:
         train(script_args, training_args, model_args, vision)
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
