@@ -4,7 +4,7 @@
     python benchmarks/gpu_qlora.py --size tiny --steps 2                # CPU smoke test (CI-size)
 
 Random weights built from config (CLIP ViT-L/14-336 + Llama-2-7B text, vocab 32064), saved once as
-safetensors, then loaded through the project's own model setup (`vlm_sft.model.load_model` +
+safetensors, then loaded through the project's own model setup (`vlm_sft.modeling.setup.load_model` +
 `apply_lora`: 4-bit NF4, double quantization, bf16 compute, vision tower / projector / lm_head
 unquantized, LoRA r=16 on q/k/v/o of the language model, projector trained fully). For batch 1 and
 4, with and without activation checkpointing: peak GPU memory, tokens/s and samples/s over a fixed

@@ -5,7 +5,7 @@
 
 Models are LLaVA-1.5-shaped (CLIP vision tower + 2-layer MLP projector + Llama language model,
 vocabulary 32064) at three sizes, random weights built from `LlavaConfig`, saved once under
-`.cache/memory-bench/` and loaded through the project's own path: `vlm_sft.model.load_model`
+`.cache/memory-bench/` and loaded through the project's own path: `vlm_sft.modeling.setup.load_model`
 (4-bit NF4 + double quantization, `prepare_model_for_kbit_training`) and `apply_lora` (LoRA r=16
 on q/k/v/o of the language model, projector trained fully), then `trl.SFTTrainer` (bf16 autocast,
 its fused LM-head loss, AdamW). Inputs are random token ids with the right number of `<image>`

@@ -1,4 +1,4 @@
-"""The real training entry point (`vlm_sft.train.main`) with observation hooks, for the multi-process and resume tests.
+"""The training entry point (`vlm_sft.training.train.main`) with observation hooks, for multi-process and resume tests.
 
     accelerate launch --config_file recipes/accelerate_configs/cpu_ddp.yaml tests/train_probe.py recipe.yaml ...
 

@@ -69,7 +69,7 @@ def components_for(config: Any) -> Components:
             f"Unsupported model family {model_type!r}: vlm-sft needs to know which modules are the vision tower, "
             f"the projector and the language model to keep LoRA off the vision tower, and will not guess. Its "
             f"modules: {', '.join(_module_outline(config)) or 'unknown'}. Supported: {', '.join(sorted(COMPONENTS))}. "
-            "Add the family to vlm_sft.model.COMPONENTS with the paths of its three parts."
+            "Add the family to vlm_sft.modeling.setup.COMPONENTS with the paths of its three parts."
         )
     return COMPONENTS[model_type]
 

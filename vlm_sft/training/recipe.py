@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> RecipeArgs:
-    """`vlm_sft.train.parse_recipe` on `path --key value ...` (validated; overrides win over the YAML).
+    """`vlm_sft.training.train.parse_recipe` on `path --key value ...` (validated; overrides win over the YAML).
 
     On a machine without CUDA, `--use_cpu true` is appended so GPU recipes (bf16) still parse.
     """

@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 class FrozenVisionTowerCallback(TrainerCallback):
-    """At train begin (after the Trainer enabled activation checkpointing and its input-grad hooks), keep the
-    frozen vision tower out of the backward pass (`vlm_sft.model.keep_frozen_vision_tower_out_of_backward`)."""
+    """At train begin (after the Trainer enabled activation checkpointing and its input-grad hooks), keep the frozen
+    vision tower out of the backward pass (`vlm_sft.modeling.setup.keep_frozen_vision_tower_out_of_backward`)."""
 
     def __init__(self, parts) -> None:
         self.parts = parts
