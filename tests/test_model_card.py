@@ -14,11 +14,15 @@ from tiny_adapter import digit_image, make_tiny_adapter
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
 from vlm_sft.hub.model_card import (
+    TEMPLATES,
     BaseModelIdError,
+    adapter_card_values,
     build_adapter_card,
+    build_merged_card,
     card_metadata,
     is_hub_dataset_id,
     is_hub_id,
+    render_card,
     training_summary,
     usage_snippet,
 )
@@ -197,3 +201,27 @@ def test_usage_snippet_keeps_the_trained_system_prompt():
         "role": "system",
         "content": [{"type": "text", "text": 'Answer with one "word".'}],
     }
+
+
+def test_cards_are_rendered_from_the_templates_and_take_extra_sections(run_dir):
+    """The text comes from hub/templates/*.md: its headings, in its order; a section can be added as a value."""
+    template = (TEMPLATES / "adapter_card.md").read_text()
+    fixed = [h for h in re.findall(r"^#+ (.+)$", template, flags=re.M) if "{" not in h]
+    text = str(build_adapter_card(run_dir, repo_id="me/tiny"))
+    assert [h for h in re.findall(r"^#+ (.+)$", text, flags=re.M) if h in fixed] == [h for h in fixed if h in text]
+    assert {"Use it", "LoRA", "Quantization", "Results"} <= set(fixed)
+    assert "{{" not in text and "{%" not in text and text.startswith("---\nbase_model: tiny-org/tiny-llava\n")
+
+    data, values = adapter_card_values(run_dir, repo_id="me/tiny")
+    values["extra_sections"] = [{"title": "Limitations", "body": "Digits only, on a white background."}]
+    card = render_card("adapter_card.md", data, values)
+    assert "\n## Limitations\n\nDigits only, on a white background.\n\n## Framework versions\n" in str(card)
+    assert card.data.to_dict() == data.to_dict() and str(card).replace(
+        "## Limitations\n\nDigits only, on a white background.\n\n", ""
+    ) == text
+
+    merged = str(build_merged_card(run_dir, adapter_ref="me/tiny", revision=None, base_model=None,
+                                   dtype="bfloat16", out_ref="me/merged"))  # fmt: skip
+    merged_template = (TEMPLATES / "merged_card.md").read_text()
+    assert "## LoRA that was merged" in merged_template and "## LoRA that was merged" in merged
+    assert "base_model_relation: merge" in merged and "{{" not in merged
