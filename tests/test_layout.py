@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import vlm_sft
-from vlm_sft.cli import COMMANDS, main
+from vlm_sft.cli import COMMANDS, main, parse_command
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "vlm_sft"
@@ -141,3 +141,15 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert done.value.code == 0, name
         assert f"usage: vlm-sft {name}" in capsys.readouterr().out
+
+
+def test_options_take_the_recipe_key_spelling():
+    """`--image_dir` as in a recipe or `--image-dir`: the same option, in every command (sub-commands included)."""
+    for spelling in (["--eval_file", "e.json", "--image_dir=imgs"], ["--eval-file", "e.json", "--image-dir", "imgs"]):
+        args = parse_command(["eval", *spelling, "--max_new_tokens", "4", "run1"])[1]
+        assert (args.eval_file, args.image_dir, args.max_new_tokens, args.adapters) == ("e.json", "imgs", 4, ["run1"])
+    assert parse_command(["data", "validate", "x.json", "--max_length", "5"])[1].max_length == 5
+    estimate = parse_command(["estimate", "tiny", "--lora_r", "8", "--no-load_in_4bit"])[1]
+    assert (estimate.lora_r, estimate.load_in_4bit) == (8, False)
+    # The recipe keys `vlm-sft train` passes on to the recipe parser are left as they are.
+    assert parse_command(["train", "r.yaml", "--max_new_tokens", "4"])[1].overrides == ["--max_new_tokens", "4"]

@@ -3,6 +3,7 @@
 Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`
 (0 = success, 1 = the input is invalid and a report was printed, 2 = usage error). A module that sets
 `TAKES_RECIPE_KEYS = True` gets the `--key value` pairs it does not define itself in `args.recipe_keys`.
+Every option may be spelled as a recipe key is (`--image_dir`) or with dashes (`--image-dir`).
 """
 
 from __future__ import annotations
@@ -50,8 +51,33 @@ def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd_parser = argparse.ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd_parser)
+    tokens = recipe_key_spelling(argv[1:], cmd_parser)
     if not getattr(module, "TAKES_RECIPE_KEYS", False):
-        return module, cmd_parser.parse_args(argv[1:])
-    args, extra = cmd_parser.parse_known_args(argv[1:])
+        return module, cmd_parser.parse_args(tokens)
+    args, extra = cmd_parser.parse_known_args(tokens)
     args.recipe_keys = extra  # validated by the command (vlm_sft.training.recipe.parse_key_values)
     return module, args
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of the parser and of its sub-parsers (`vlm-sft data validate ...`)."""
+    found = set()
+    for action in parser._actions:  # argparse keeps no public list of its options
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _option_strings(child)
+    return found
+
+
+def recipe_key_spelling(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--image_dir` (as recipes spell keys) -> `--image-dir` where the command defines only the dashed option."""
+    known = _option_strings(parser)
+    out = []
+    for token in tokens:
+        name, sep, value = token.partition("=")
+        dashed = name.replace("_", "-")
+        if name.startswith("--") and name not in known and dashed in known:
+            token = dashed + sep + value
+        out.append(token)
+    return out
