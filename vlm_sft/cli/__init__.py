@@ -16,7 +16,7 @@ import sys
 # must not pay for importing torch-heavy training code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlm_sft.cli.train", "Train an adapter from a recipe (same as scripts/sft_vlm.py)."),
-    "quickstart": ("vlm_sft.quickstart.pipeline", "Build the tiny model and digits, train, evaluate base vs adapter."),
+    "quickstart": ("vlm_sft.cli.quickstart", "Build the tiny model and digits, train, evaluate base vs adapter."),
     "data": ("vlm_sft.cli.data", "Validate, describe or draft conversation data (validate | stats | init)."),
     "push": ("vlm_sft.cli.hub", "Push a run's adapter, processor and model card to the Hub."),
     "infer": ("vlm_sft.cli.hub", "Ask an adapter (folder or Hub id) about an image; a chat without --prompt."),

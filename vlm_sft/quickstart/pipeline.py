@@ -1,4 +1,4 @@
-"""`vlm-sft quickstart prepare|report`: the embedded default that runs anywhere, offline.
+"""The quickstart (`vlm-sft quickstart prepare|report`): the embedded default that runs anywhere, offline.
 
 `make quickstart` runs `prepare` (tiny LLaVA model + digits data into .cache/), then the real
 training command `accelerate launch scripts/sft_vlm.py recipes/quickstart.yaml`, then `report`,
@@ -10,10 +10,7 @@ the full report lands in outputs/quickstart/eval/), prints the side-by-side tabl
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,13 +18,6 @@ if TYPE_CHECKING:
     from vlm_sft.training.train import RecipeArgs
 
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("step", choices=["prepare", "report"], help="prepare: build model and data; report: score")
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="the quickstart recipe (paths are read from it)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N held-out digits")
-    parser.add_argument("--batch-size", type=int, default=64)
 
 
 def prepare(recipe: RecipeArgs) -> None:
@@ -73,21 +63,3 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
         f"finetuned_accuracy={accuracy['fine-tuned']:.2f} "
         f"train_seconds={_train_seconds(output_dir):.0f}"
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from vlm_sft.training.recipe import load_recipe
-
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        recipe = load_recipe(args.recipe)  # parsed and validated as training parses it
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        print(f"error: cannot read the recipe {args.recipe}: {err}", file=sys.stderr)
-        return 2
-    if args.step == "prepare":
-        prepare(recipe)
-    else:
-        print(report(recipe, args.limit, args.batch_size))
-    return 0
