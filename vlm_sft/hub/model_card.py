@@ -59,6 +59,7 @@ __all__ = [
     "is_hub_dataset_id",
     "is_hub_id",
     "merged_card_values",
+    "render_card",
     "resolve_base_model",
     "training_summary",
     "usage_snippet",
