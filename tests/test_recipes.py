@@ -110,3 +110,10 @@ def test_the_training_entry_point_reports_a_bad_recipe_without_a_traceback(capsy
     assert "error: " in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_parsed_recipe_names_its_parts():
+    recipe = _parse(RECIPES / "quickstart.yaml", "--lora_r", "4", "--learning_rate", "0.01")
+    assert recipe._fields == ("script_args", "training_args", "model_args", "vision")
+    assert recipe.model_args.lora_r == 4 and recipe.training_args.learning_rate == 0.01
+    assert recipe.vision is recipe[3] and recipe.vision.train_file.endswith("train.json")
