@@ -10,7 +10,6 @@ come from `vlm_sft.evaluation.metrics`; the report is written as eval_report.jso
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,15 @@ from typing import Any
 import torch
 
 from vlm_sft.collator import _clean_messages, _images, _reply_text
-from vlm_sft.evaluation.metrics import HEADLINE, headline_value, score
+from vlm_sft.evaluation.metrics import score
+from vlm_sft.evaluation.report import (
+    REPORT_FILES,
+    add_intervals,
+    format_table,
+    table_rows,
+    worst_examples,
+    write_report,
+)
 from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
 
 logger = logging.getLogger(__name__)
@@ -37,7 +44,8 @@ __all__ = [
     "write_report",
 ]
 
-REPORT_FILES = ("eval_report.json", "eval_report.md", "eval_report.png")
+# The report's functions live in vlm_sft.evaluation.report; these names stay importable from here.
+__all__ += ["REPORT_FILES", "table_rows", "worst_examples"]
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
@@ -111,9 +119,10 @@ class AdapterSpec:
 
     @classmethod
     def parse(cls, spec: str) -> AdapterSpec:
-        """`[NAME=]FOLDER_OR_HUB_ID[@REVISION]`, e.g. `outputs/qs`, `tuned=me/llava-lora@v2`."""
+        """`[NAME=]FOLDER_OR_HUB_ID[@REVISION]`, e.g. `outputs/qs`, `tuned=me/llava-lora@v2`; an existing path wins."""
         name = ""
-        if "=" in spec and "/" not in spec.split("=", 1)[0]:
+        # An existing folder named like `wd=0.1` is that folder, not NAME=PATH.
+        if "=" in spec and "/" not in spec.split("=", 1)[0] and not Path(spec).exists():
             name, spec = spec.split("=", 1)
         revision = None
         if "@" in spec and not Path(spec).exists():  # a folder whose name holds "@" stays a folder
@@ -130,6 +139,8 @@ class EvalSet:
     references: list[str]
     questions: list[str]
     image_names: list[list[str]] = field(default_factory=list)
+    system_prompt: str | None = None  # the one every conversation without its own was given, for the report
+    note: str = ""  # shown in the report: why the set is not exactly what training held out, when it is not
 
 
 def _image_names(ds: Any, n: int) -> list[list[str]]:
@@ -153,7 +164,9 @@ def load_eval_set(
     ds = load_conversations(
         path, image_dir, system_prompt, data_format=data_format, split=split or EVAL_SPLITS + ("train",)
     )
-    return eval_set_from_dataset(ds, str(path), limit)
+    eval_set = eval_set_from_dataset(ds, str(path), limit)
+    eval_set.system_prompt = system_prompt
+    return eval_set
 
 
 def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> EvalSet:
@@ -317,122 +330,17 @@ def _assemble(
         )
     for m in models:
         del m["per_example"]  # kept once, per example, above
-    return {
+    report = {
         "eval_file": eval_set.path,
+        "eval_set_note": eval_set.note,
         "n": len(examples),
         "base_model": base,
         "base_revision": base_revision,
         "generation": generation,
         "numeric_tolerance": tolerance,
+        "system_prompt": eval_set.system_prompt,
         "models": models,
         "worst": {m["name"]: worst_examples(examples, m["name"], worst) for m in models if m["kind"] == "adapter"},
         "examples": examples,
     }
-
-
-def worst_examples(examples: list[dict], name: str, k: int) -> list[int]:
-    """Indices of the k examples `name` scores lowest on; among equals, those where it fell furthest below base."""
-
-    def key(e: dict) -> tuple[float, float, int]:
-        own = e["scores"][name]["score"]
-        base = e["scores"]["base"]["score"] if "base" in e["scores"] else own
-        return own, own - base, e["index"]
-
-    return [e["index"] for e in sorted(examples, key=key)[:k]]
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, label: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if "MAE" in label else f"{value:.3f}"
-
-
-def table_rows(report: dict) -> list[tuple[str, list[float | None]]]:
-    """(metric label, one value per model) for every headline metric some model has, then per JSON field."""
-    summaries = [m["metrics"] for m in report["models"]]
-    rows = []
-    for label, path, _ in HEADLINE:
-        values = [headline_value(s, path) for s in summaries]
-        if any(v is not None for v in values):
-            rows.append((label, values))
-    fields = sorted({k for s in summaries if s["json"] for k in s["json"]["per_field"]})
-    for key in fields:
-        rows.append((f"JSON field `{key}`", [(s["json"] or {}).get("per_field", {}).get(key) for s in summaries]))
-    return rows
-
-
-def format_table(report: dict) -> str:
-    """Markdown table: one row per metric, base and each adapter side by side, with each adapter's change."""
-    models = report["models"]
-    has_base = models[0]["kind"] == "base"
-    header = ["metric"]
-    for i, m in enumerate(models):
-        header.append(f"{m['name']}")
-        if has_base and i > 0:
-            header.append("Δ vs base")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for label, values in table_rows(report):
-        cells = [label]
-        for i, v in enumerate(values):
-            cells.append(_fmt(v, label))
-            if has_base and i > 0:
-                base_v = values[0]
-                cells.append("-" if v is None or base_v is None else f"{v - base_v:+.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(text: str, limit: int = 120) -> str:
-    """A table cell: one line, pipes escaped, long answers cut (the JSON report has them in full)."""
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def format_markdown(report: dict) -> str:
-    """eval_report.md: what was evaluated, the side-by-side table, then each adapter's worst examples."""
-    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["models"][0]["metrics"]["kinds"].items()))
-    gen = report["generation"]
-    decoding = "greedy" if not gen["do_sample"] else f"sampling (T={gen['temperature']}, top_p={gen['top_p']})"
-    lines = [
-        "# Evaluation report",
-        "",
-        f"- eval set: `{report['eval_file']}` ({report['n']} examples: {kinds})",
-        f"- base model: `{report['base_model']}`"
-        + (f" @ {report['base_revision']}" if report["base_revision"] else ""),
-        f"- generation: {decoding}, max_new_tokens={gen['max_new_tokens']}, batch size {gen['batch_size']}",
-    ]
-    for m in report["models"]:
-        if m["kind"] == "adapter":
-            rev = f" @ {m['revision']}" if m["revision"] else ""
-            lines.append(f"- adapter `{m['name']}`: `{m['path']}`{rev}")
-    lines += ["", format_table(report), ""]
-    by_index = {e["index"]: e for e in report["examples"]}
-    for name, indices in report["worst"].items():
-        has_base = "base" in by_index[indices[0]]["answers"] if indices else False
-        lines += [f"## Worst examples: {name}", ""]
-        header = ["#", "image", "question", "reference"] + (["base"] if has_base else []) + [name, "score"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-        for i in indices:
-            e = by_index[i]
-            cells = [str(i), ", ".join(e["images"]) or "-", _cell(e["question"], 60), _cell(e["reference"])]
-            cells += [_cell(e["answers"]["base"])] if has_base else []
-            cells += [_cell(e["answers"][name]), f"{e['scores'][name]['score']:.2f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write eval_report.json, eval_report.md and eval_report.png into out_dir; returns their paths."""
-    from vlm_sft.evaluation.plots import plot_eval_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name.rsplit(".", 1)[1]: out / name for name in REPORT_FILES}
-    paths["json"].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    paths["md"].write_text(format_markdown(report))
-    plot_eval_report(report, paths["png"])
-    return paths
+    return add_intervals(report)
