@@ -268,6 +268,8 @@ def test_eval_cli_on_a_json_and_numeric_set_with_the_real_model(trained, tmp_pat
 
 def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(trained, tmp_path, capsys):
     """No eval_file: `--recipe` evaluates the seeded eval_fraction split, system prompt included, as training."""
+    import shutil
+
     from vlm_sft.data.loading import load_splits
     from vlm_sft.evaluation.generate import _image_names
     from vlm_sft.training.recipe import load_recipe, recipe_eval_set
@@ -275,6 +277,14 @@ def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(tr
     recipe = {k: v for k, v in trained["recipe"].items() if k != "eval_file"}
     recipe.update(eval_fraction=0.05, system_prompt="Answer with one digit.", output_dir=str(trained["out"]))
     recipe_file = tmp_path / "fraction.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    # The run held out its eval_file (recorded in eval_split.json): a recipe with another split is refused.
+    code = main(["eval", "--recipe", str(recipe_file), "--out", str(tmp_path / "refused")])
+    assert code == 1 and "eval_fraction: recipe 0.05, run None" in capsys.readouterr().err
+    # A run without a record (trained before records existed): the recipe's split is rebuilt, as training builds it.
+    old_run = tmp_path / "old_run"
+    shutil.copytree(trained["out"], old_run, ignore=shutil.ignore_patterns("eval_split.json"))
+    recipe["output_dir"] = str(old_run)
     recipe_file.write_text(yaml.safe_dump(recipe))
     _, training_args, _, vision = load_recipe(recipe_file)
     held_out = load_splits(vision, seed=training_args.seed)[1]  # what train() evaluates on
@@ -290,7 +300,8 @@ def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(tr
     assert report["n"] == 16 and "eval_fraction=0.05" in report["eval_file"]
     assert [e["images"] for e in report["examples"]] == _image_names(held_out, len(held_out))
     assert [e["reference"] for e in report["examples"]] == eval_set.references
-    assert [m["name"] for m in report["models"]] == ["base", "out"]
+    assert [m["name"] for m in report["models"]] == ["base", "old_run"]
+    assert "holds no record" in report["eval_set_note"]
 
 
 def test_eval_cli_refuses_what_it_cannot_do(tmp_path, capsys):
