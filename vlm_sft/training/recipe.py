@@ -50,7 +50,9 @@ def recipe_eval_set(recipe: RecipeArgs, limit: int | None = None) -> EvalSet | N
     from vlm_sft.evaluation.generate import eval_set_from_dataset
     from vlm_sft.training.heldout import check_recipe, read_record
 
-    _, training_args, _, vision = recipe
+    script_args, training_args, _, vision = recipe
+    if script_args.dataset_name and not vision.train_file:
+        vision.train_file = script_args.dataset_name  # as training reads it (vlm_sft.training.train._setup_data)
     output_dir = training_args.output_dir
     record = read_record(output_dir) if output_dir else None
     if record is not None:
