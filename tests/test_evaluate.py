@@ -168,7 +168,7 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
     assert [e["images"] for e in report["examples"]][2] == ["tray.png"]
     # How it scored, and how sure: settings, then an interval per number and per difference to base.
     assert "- generation: greedy, max_new_tokens=64, batch size 16, seed 0" in md
-    assert "- system prompt: none" in md and "within exactly the reference's, in the same unit" in md
+    assert "- system prompt: none" in md and "first number equals the reference's, in the same unit" in md
     assert "95% percentile bootstrap over the 5 examples (2000 resamples, seed 0)" in md
     low, high = report["models"][1]["intervals"]["exact match"]
     assert 0.0 <= low < 0.4 < high <= 1.0  # 2 of 5 right: the interval is wide

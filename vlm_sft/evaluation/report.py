@@ -149,8 +149,8 @@ def settings_lines(report: dict) -> list[str]:
         f"seed {gen['seed']}" + ("" if gen["do_sample"] else " (greedy: the seed does not change answers)"),
         "- system prompt: " + (f"`{_cell(report['system_prompt'])}`" if report.get("system_prompt") else "none"),
         "- scoring: exact match and token F1 after normalisation (case, whitespace, sentence punctuation at the "
-        "end); numeric answers right when the first number is within "
-        + (f"±{tolerance:g} (absolute) of" if tolerance else "exactly")
+        "end); numeric answers right when the first number "
+        + (f"is within ±{tolerance:g} (absolute) of" if tolerance else "equals")
         + " the reference's, in the same unit; JSON answers must be an object, fields compared by value at "
         "every depth (`false` is not `0`); an example's score is its kind's headline (F1 for text)",
     ]

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="the quickstart recipe (paths are read from it)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N held-out digits")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="report: keep the result in docs/quickstart_result.json and rewrite README.md's figures from it",
+    )
 
 
 def prepare(recipe: RecipeArgs) -> None:
@@ -46,7 +51,7 @@ def _train_seconds(output_dir: Path) -> float:
     return next(e["train_runtime"] for e in reversed(state["log_history"]) if "train_runtime" in e)
 
 
-def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
+def report(recipe: RecipeArgs, limit: int | None, batch_size: int, *, update_readme: bool = False) -> str:
     """Score base and adapter on the held-out digits with `vlm-sft eval`'s code; return the one-line summary.
 
     The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
@@ -70,11 +75,16 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
     write_report(result, output_dir / "eval")
     print(format_table(result))
     accuracy = {m["name"]: m["metrics"]["exact_match"] for m in result["models"]}
-    return (
+    line = (
         f"quickstart: base_accuracy={accuracy['base']:.2f} "
         f"finetuned_accuracy={accuracy['fine-tuned']:.2f} "
         f"train_seconds={_train_seconds(output_dir):.0f}"
     )
+    if update_readme:  # the README's figures come from this run (vlm_sft.quickstart.readme)
+        from vlm_sft.quickstart import readme
+
+        readme.update_readme(json.loads(readme.save_result(result, line).read_text()))
+    return line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
     if args.step == "prepare":
         prepare(recipe)
     else:
-        print(report(recipe, args.limit, args.batch_size))
+        print(report(recipe, args.limit, args.batch_size, update_readme=args.update_readme))
     return 0
