@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--numeric-tolerance", type=float, default=0.0, help="absolute error still counted right")
-    parser.add_argument("--worst", type=int, default=10, help="worst examples listed per adapter")
+    parser.add_argument("--worst", type=int, default=10, help="at most N examples that lost points, per adapter")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
