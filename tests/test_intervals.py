@@ -25,6 +25,9 @@ def test_interval_narrows_with_more_examples_and_holds_the_mean():
 def test_weighted_values_and_missing_ones():
     # A ratio of sums (fields matched / fields): example 1 matched 2 of 2, example 2 matched 0 of 6.
     assert bootstrap_interval([1.0, 0.0], [2, 6], resamples=500) == pytest.approx((0.0, 1.0))
+    # Half the resamples hold one of each: their value is 2 / 8 (weighted), not 1 / 2, and that is the median.
+    assert bootstrap_interval([1.0, 0.0], [2, 6], level=0.01) == pytest.approx((0.25, 0.25))
+    assert bootstrap_interval([1.0, 0.0], level=0.01) == pytest.approx((0.5, 0.5))
     assert bootstrap_interval([None, 3.0, 3.0]) == (3.0, 3.0)  # an example without a value is left out
 
 
