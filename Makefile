@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: setup quickstart test lint format bench clean
+.PHONY: setup quickstart readme-figures test lint format bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ quickstart: $(STAMP)
 	$(BIN)/vlm-sft quickstart prepare
 	$(LAUNCH) scripts/sft_vlm.py recipes/quickstart.yaml
 	$(BIN)/vlm-sft quickstart report
+
+# The same, then the README's quickstart figures rewritten from this run (kept in docs/quickstart_result.json).
+readme-figures: $(STAMP)
+	$(BIN)/vlm-sft quickstart prepare
+	$(LAUNCH) scripts/sft_vlm.py recipes/quickstart.yaml
+	$(BIN)/vlm-sft quickstart report --update-readme
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -46,8 +46,10 @@ def assert_files_agree(out: Path) -> dict:
     for label, values in table_rows(report):
         cells = table[label]
         shown = cells[:1] + cells[1::2] if has_base else cells  # skip the "Δ vs base" columns
-        for value, cell in zip(values, shown, strict=True):
-            assert cell == ("-" if value is None else f"{value:.2f}" if "MAE" in label else f"{value:.3f}"), label
+        for value, cell, m in zip(values, shown, report["models"], strict=True):
+            point, _, interval = cell.partition(" [")  # each number carries its 95 % interval
+            assert point == ("-" if value is None else f"{value:.2f}" if "MAE" in label else f"{value:.3f}"), label
+            assert bool(interval) == (value is not None and m["intervals"][label] is not None), (label, cell)
     for label, per_model in plot_eval_report(report, out / "redrawn.png").items():  # what the picture shows
         for name, value in per_model.items():
             assert value == table_rows_value(report, label, name), (label, name)
@@ -154,7 +156,8 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
     assert tuned["json"]["field_accuracy"] == pytest.approx(2 / 4)
     assert tuned["json"]["per_field"] == {"gripper": 0.5, "holding_object": 0.5}
     assert tuned["numeric"] == {"n": 2, "accuracy": 0.5, "mae": 2.0, "parsed_rate": 1.0}
-    assert base["numeric"] == {"n": 2, "accuracy": 0.0, "mae": 10.0, "parsed_rate": 0.5}  # "many" has no number
+    # "many" has no number and "20" no unit for "30 psi": neither is comparable, so no MAE
+    assert base["numeric"] == {"n": 2, "accuracy": 0.0, "mae": None, "parsed_rate": 0.0}
 
     # Worst: lowest score first; among the zeros, where the adapter fell furthest below the base.
     assert report["worst"] == {"tuned": [1, 3, 4]}
@@ -163,6 +166,21 @@ def test_report_on_json_and_numeric_answers(tmp_path, capsys, monkeypatch):
     first = next(line for line in worst.splitlines() if line.startswith("| 1 "))
     assert "gripper_2.png" in first and "gripper: open" in first and '{"gripper": "closed"}' in first
     assert [e["images"] for e in report["examples"]][2] == ["tray.png"]
+    # How it scored, and how sure: settings, then an interval per number and per difference to base.
+    assert "- generation: greedy, max_new_tokens=64, batch size 16, seed 0" in md
+    assert "- system prompt: none" in md and "first number equals the reference's, in the same unit" in md
+    assert "95% percentile bootstrap over the 5 examples (2000 resamples, seed 0)" in md
+    low, high = report["models"][1]["intervals"]["exact match"]
+    assert 0.0 <= low < 0.4 < high <= 1.0  # 2 of 5 right: the interval is wide
+    exact_row = md_table(md)["exact match"]
+    assert exact_row[2].startswith("+0.400 [+") and exact_row[0] == "0.000 [0.000, 0.000]"
+
+    # With a tolerance, "34 psi" for "30 psi" is right: it is no longer a worst example, and the report says why.
+    out = tmp_path / "tolerant"
+    code, _ = cli(capsys, adapter, "--base", "b", "--eval-file", eval_file, "--out", out, "--numeric-tolerance", 4)
+    report = assert_files_agree(out)
+    assert code == 0 and report["worst"] == {"tuned": [1, 4]}  # only examples that lost points
+    assert "within ±4 (absolute) of the reference's" in (out / "eval_report.md").read_text()
 
     # Adapters only, sampled: no base column, no deltas, the sampling settings reach generate and the report.
     out = tmp_path / "no_base"
@@ -250,6 +268,8 @@ def test_eval_cli_on_a_json_and_numeric_set_with_the_real_model(trained, tmp_pat
 
 def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(trained, tmp_path, capsys):
     """No eval_file: `--recipe` evaluates the seeded eval_fraction split, system prompt included, as training."""
+    import shutil
+
     from vlm_sft.data.loading import load_splits
     from vlm_sft.evaluation.generate import _image_names
     from vlm_sft.training.recipe import load_recipe, recipe_eval_set
@@ -257,6 +277,14 @@ def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(tr
     recipe = {k: v for k, v in trained["recipe"].items() if k != "eval_file"}
     recipe.update(eval_fraction=0.05, system_prompt="Answer with one digit.", output_dir=str(trained["out"]))
     recipe_file = tmp_path / "fraction.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    # The run held out its eval_file (recorded in eval_split.json): a recipe with another split is refused.
+    code = main(["eval", "--recipe", str(recipe_file), "--out", str(tmp_path / "refused")])
+    assert code == 1 and "eval_fraction: recipe 0.05, run None" in capsys.readouterr().err
+    # A run without a record (trained before records existed): the recipe's split is rebuilt, as training builds it.
+    old_run = tmp_path / "old_run"
+    shutil.copytree(trained["out"], old_run, ignore=shutil.ignore_patterns("eval_split.json"))
+    recipe["output_dir"] = str(old_run)
     recipe_file.write_text(yaml.safe_dump(recipe))
     _, training_args, _, vision = load_recipe(recipe_file)
     held_out = load_splits(vision, seed=training_args.seed)[1]  # what train() evaluates on
@@ -272,7 +300,8 @@ def test_eval_cli_recipe_with_eval_fraction_scores_the_rows_training_held_out(tr
     assert report["n"] == 16 and "eval_fraction=0.05" in report["eval_file"]
     assert [e["images"] for e in report["examples"]] == _image_names(held_out, len(held_out))
     assert [e["reference"] for e in report["examples"]] == eval_set.references
-    assert [m["name"] for m in report["models"]] == ["base", "out"]
+    assert [m["name"] for m in report["models"]] == ["base", "old_run"]
+    assert "holds no record" in report["eval_set_note"]
 
 
 def test_eval_cli_refuses_what_it_cannot_do(tmp_path, capsys):
@@ -354,3 +383,10 @@ def test_quickstart_refuses_a_missing_recipe(tmp_path, capsys):
     code = main(["quickstart", "report", "--recipe", str(tmp_path / "nope.yaml")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot read the recipe") and "nope.yaml" in err
+
+
+def test_adapter_spec_an_existing_path_wins_over_name_equals(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wd=0.1").mkdir()
+    assert AdapterSpec.parse("wd=0.1") == AdapterSpec("wd=0.1", None, "wd=0.1")
+    assert AdapterSpec.parse("wd=0.2") == AdapterSpec("0.2", None, "wd")  # no such folder: NAME=PATH

@@ -90,7 +90,7 @@ def test_json_fields_compared_by_value():
     broken = score_example('{"gripper": "closed", ', reference)
     assert not broken["json_valid"] and not any(broken["fields"].values()) and broken["score"] == 0.0
     wrong_type = score_example('["closed"]', reference)
-    assert wrong_type["json_valid"] and wrong_type["score"] == 0.0  # valid JSON, but no fields
+    assert not wrong_type["json_valid"] and wrong_type["score"] == 0.0  # JSON, but not the object asked for
 
 
 def test_numeric_accuracy_tolerance_and_error():
@@ -141,3 +141,76 @@ def test_sections_absent_when_no_reference_has_that_kind():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         score(["a", "b"], ["a"])
+
+
+# ---- Issue #19: one rule at every depth, sentence punctuation only, signs, units, JSON objects.
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference"),
+    [
+        ('{"a": {"b": false}}', '{"a": {"b": 0}}'),  # false is not 0, one level down too
+        ('{"a": [false, true]}', '{"a": [0, 1]}'),  # nor in an array
+        ('{"a": [1]}', '{"a": [1, 2]}'),  # arrays compare item by item, same length
+        ('{"a": {"b": 1, "c": 2}}', '{"a": {"b": 1}}'),  # objects have the same keys
+    ],
+)
+def test_nested_json_values_follow_the_top_level_rule_wrong(prediction, reference):
+    assert score_example(prediction, reference)["fields"] == {"a": False}
+
+
+def test_nested_json_strings_compare_as_text_at_every_depth():
+    assert score_example('{"a": "Open"}', '{"a": "open"}')["fields"] == {"a": True}
+    assert score_example('{"a": {"b": "Open"}}', '{"a": {"b": "open"}}')["fields"] == {"a": True}
+    assert score_example('{"a": ["Open", 2.0]}', '{"a": ["open", 2]}')["fields"] == {"a": True}
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ('{"a": 1', '{"a": 1}', False),  # a truncated object is not the object
+        ("C", "C++", False),
+        ("50", "50%", False),
+        ("(4", "(4)", False),
+        ('"Seven."', "seven", True),  # quotes around the whole answer and a full stop do not count
+        ("“seven”", "seven", True),
+        ("seven!", '"seven"', True),
+    ],
+)
+def test_exact_match_strips_sentence_punctuation_only(prediction, reference, expected):
+    assert exact_match(prediction, reference) is expected
+
+
+def test_token_f1_keeps_the_sign_of_numbers():
+    assert token_f1("-2.5 °C", "2.5 °C") == pytest.approx(0.5)
+    assert token_f1("\u22122.5 °C", "-2.5 °C") == 1.0  # the Unicode minus is a minus
+    assert token_f1("+2.5", "2.5") == 1.0 and token_f1("(-3)", "-3") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("reference", "kind"),
+    [("4.", "numeric"), ("\u22122 °C", "numeric"), ("50%.", "numeric"), ("C++", "text")],
+)
+def test_answer_kind_after_sentence_punctuation_and_unicode_minus(reference, kind):
+    assert answer_kind(reference) == kind
+
+
+def test_numeric_units_must_match_with_equivalent_spellings():
+    assert not score_example("30 psi", "30 kPa")["numeric_correct"]
+    assert score_example("30 psi", "30 kPa")["abs_error"] is None  # another unit: not comparable
+    assert not score_example("30", "30 kPa")["numeric_correct"]  # the reference's unit is part of the answer
+    assert score_example("It reads 30 KPA.", "30 kPa")["numeric_correct"]
+    assert score_example("−2 ℃", "-2 °C")["numeric_correct"]
+    assert score_example("-2 degrees celsius", "−2 °C")["numeric_correct"] is False  # "degrees" is not °C
+    assert score_example("12 percent", "12%")["numeric_correct"]
+    assert score_example("four screws", "4 screw")["numeric_correct"]
+    assert not score_example("2 °C", "−2 °C")["numeric_correct"]  # the sign counts
+    assert score_example("4 screws", "4")["numeric_correct"]  # no unit in the reference: none needed
+
+
+def test_json_validity_for_an_object_reference_means_an_object():
+    reference = '{"a": 1}'
+    assert not score_example("4", reference)["json_valid"]
+    assert not score_example("null", reference)["json_valid"]
+    assert not score_example("[1]", reference)["json_valid"]
+    assert score_example('{"b": 2}', reference)["json_valid"]

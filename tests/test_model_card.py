@@ -75,6 +75,10 @@ def test_body_reports_lora_training_and_results(adapter):
         if line.startswith("| ") and "`" in line:
             assert len(re.findall(r"(?<!\\)\|", line)) in (3, 5), line
     assert f"Trainable: {params['percent']:.3f}%" in text
+    # PEFT's convention (get_nb_trainable_parameters): the adapter's own parameters count in the whole.
+    assert params["total"] > params["base_total"] and params["percent"] == round(
+        100 * params["trainable"] / params["total"], 4
+    )
     size = sum(f.stat().st_size for f in adapter.glob("adapter_model*.safetensors")) / 1e6
     assert f"Adapter size: {size:.2f} MB" in text
     assert "| final training loss (step 4) | 1.25 |" in text

@@ -42,9 +42,12 @@ def test_lora_only_on_language_model_and_projector_fully_trained(tiny_llava):
     per_layer = 2 * 8 * (config.hidden_size + config.hidden_size)
     assert comps["language_model"]["trainable"] == config.num_hidden_layers * per_layer
     assert report["trainable"] == comps["projector"]["trainable"] + comps["language_model"]["trainable"]
-    assert report["total"] == sum(
+    assert report["base_total"] == sum(
         p.numel() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n
     )
+    # PEFT's convention (its print_trainable_parameters): the adapter's parameters count in the whole.
+    assert (report["trainable"], report["total"]) == model.get_nb_trainable_parameters()
+    assert report["total"] == sum(p.numel() for p in model.parameters()) > report["base_total"]
     assert report["percent"] == round(100 * report["trainable"] / report["total"], 4)
 
 

@@ -62,3 +62,26 @@ def test_readme_command_is_valid(command: str):
         assert done.returncode == 0, done.stderr[-2000:]
     else:
         pytest.fail(f"README command of an unknown kind: {command}")
+
+
+def test_quickstart_figures_are_those_of_a_kept_run():
+    """The README's quickstart line and table are rendered from docs/quickstart_result.json, whose scores
+    recompute from its answers: the figures are a run's, not typed in (`make readme-figures` regenerates both)."""
+    import json
+
+    from vlm_sft.evaluation.metrics import aggregate, score_example
+    from vlm_sft.evaluation.report import add_intervals
+    from vlm_sft.quickstart.readme import readme_block, render_block
+
+    result = json.loads((REPO / "docs" / "quickstart_result.json").read_text())
+    assert readme_block(REPO / "README.md") == render_block(result)
+    report = result["report"]
+    for m in report["models"]:
+        examples = [score_example(e["answers"][m["name"]], e["reference"]) for e in report["examples"]]
+        assert json.loads(json.dumps(aggregate(examples))) == m["metrics"], m["name"]
+    again = json.loads(json.dumps(add_intervals(json.loads(json.dumps(report)))))  # seeded: they recompute exactly
+    assert [m["intervals"] for m in again["models"]] == [m["intervals"] for m in report["models"]]
+    accuracy = [m["metrics"]["exact_match"] for m in report["models"]]
+    assert result["line"].startswith(
+        f"quickstart: base_accuracy={accuracy[0]:.2f} finetuned_accuracy={accuracy[1]:.2f}"
+    )

@@ -49,15 +49,44 @@ def test_unknown_keys_are_errors_that_name_them(tmp_path):
         SweepSpec(base_recipe="r.yaml", grid={"lora_r": []})
 
 
-def test_verdicts_fewest_steps_then_time_and_lowest_final_loss():
-    def run(name, steps, wall, final, score=None):
-        return {"name": name, "steps_to_threshold": steps, "wall_seconds": wall, "final_loss": final} | {
-            "eval_score": score
-        }
+def _run(name, steps, wall, final, score=None):
+    return {"name": name, "steps_to_threshold": steps, "wall_seconds": wall, "final_loss": final} | {
+        "eval_score": score,
+        "steps": 100,
+    }
 
+
+def test_verdicts_fewest_steps_and_lowest_final_loss_ties_named_not_broken_by_time():
+    run = _run
     runs = [run("a", None, 5, 0.2, 0.9), run("b", 40, 30, 0.4), run("c", 40, 20, 0.5), run("d", 60, 1, 0.3)]
-    assert verdicts(runs) == {"fastest_converging": "c", "best_final_loss": "a", "best_eval_score": "a"}
+    got = verdicts(runs, base_score=0.1)
+    assert got == {
+        "fastest_converging": None,  # b and c both at step 40: a tie, whatever their wall time
+        "best_final_loss": "a",
+        "best_eval_score": "a",
+        "ties": {"fastest_converging": ["b", "c"]},
+    }
+    assert verdicts(runs[1:2] + runs[3:])["fastest_converging"] == "b"
     assert verdicts([run("a", None, 5, 0.2)])["fastest_converging"] is None
+
+
+def test_no_best_eval_score_among_ties_or_below_the_base():
+    tied_at_zero = [_run("r4-qv", 10, 1, 0.2, 0.0), _run("r8-qv", 20, 1, 0.3, 0.0)]
+    got = verdicts(tied_at_zero, base_score=0.05)
+    assert got["best_eval_score"] is None and "best_eval_score" not in got["ties"]
+    result = {"base_eval_score": 0.05, "runs": tied_at_zero, **got}
+    lines = sweep._verdict_lines(result, {r["name"]: r for r in tied_at_zero}, 1.0)
+    assert "Best eval score" not in "\n".join(lines)
+    assert lines[-1] == (
+        "- Eval score: no best; no configuration beats the base model (0.050); the highest is 0.000 (r4-qv, r8-qv)."
+    )
+    above = [_run("a", 10, 1, 0.2, 0.5), _run("b", 10, 2, 0.2, 0.5), _run("c", 10, 3, 0.2, 0.1)]
+    got = verdicts(above, base_score=0.0)
+    assert got["best_eval_score"] is None and got["ties"]["best_eval_score"] == ["a", "b"]
+    lines = sweep._verdict_lines({"base_eval_score": 0.0, **got}, {r["name"]: r for r in above}, 1.0)
+    assert "- **Fastest converging**: a tie between a, b, c (loss ≤ 1 at step 10)" in lines[0]
+    assert lines[1] == "- **Best final loss**: a tie between a, b, c at 0.200."
+    assert lines[2] == "- Eval score: no best; a, b tie at 0.500 exact match."
     assert sweep.steps_to_threshold([(5, 2.0), (10, 0.9), (15, 0.4), (20, 0.6)], 0.5) == 15
 
 
@@ -139,11 +168,12 @@ def test_two_run_sweep_end_to_end(tiny_llava, digits, tmp_path, capsys):
     assert runs["r8-qv"]["trainable_params"] - runs["r2-qv"]["trainable_params"] == 3 * runs["r2-qv"]["lora_params"]
     assert runs["r8-qv"]["adapter_mb"] > runs["r2-qv"]["adapter_mb"]
 
-    assert result["fastest_converging"] == min(runs.values(), key=lambda r: r["wall_seconds"])["name"]
+    # Both reach the threshold at their first log: a tie, not broken by wall time.
+    assert result["fastest_converging"] is None and result["ties"]["fastest_converging"] == ["r2-qv", "r8-qv"]
     assert result["best_final_loss"] == min(runs.values(), key=lambda r: r["final_loss"])["name"]
     md = (out / "sweep.md").read_text()
     assert md in stdout
-    assert f"**Fastest converging: {result['fastest_converging']}**" in md
+    assert "**Fastest converging**: a tie between r2-qv, r8-qv (loss ≤ 100 at step 2)" in md
     best = result["best_final_loss"]
     assert f"**Best final loss: {best}**: {runs[best]['final_loss']:.3f}" in md
     for name, run in runs.items():  # the table row says what the JSON says

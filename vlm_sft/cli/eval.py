@@ -2,9 +2,12 @@
 
     vlm-sft eval outputs/quickstart --eval-file .cache/digits/eval.json --image-dir .cache/digits/images
     vlm-sft eval --recipe recipes/quickstart.yaml            # base, adapter and eval set from the recipe
+    vlm-sft eval outputs/run                                  # the eval set the run recorded (eval_split.json)
     vlm-sft eval r16=outputs/r16 me/llava-lora@v2 --base llava-hf/llava-1.5-7b-hf --eval-file eval.json
 
-Writes eval_report.json / .md / .png into --out and prints the side-by-side table.
+Without --eval-file, the examples scored are the ones training held out, as recorded in the run's
+eval_split.json (after command-line overrides and the too_long policy); a recipe that describes another
+split is refused. Writes eval_report.json / .md / .png into --out and prints the side-by-side table.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--numeric-tolerance", type=float, default=0.0, help="absolute error still counted right")
-    parser.add_argument("--worst", type=int, default=10, help="worst examples listed per adapter")
+    parser.add_argument("--worst", type=int, default=10, help="at most N examples that lost points, per adapter")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
@@ -66,11 +69,23 @@ def _from_recipe(args: argparse.Namespace):
     return recipe
 
 
+def _recorded_run(adapters: list[str]) -> str | None:
+    """The first adapter folder whose training recorded its held-out split (eval_split.json), if any."""
+    from vlm_sft.evaluation.generate import AdapterSpec
+    from vlm_sft.training.heldout import SPLIT_FILE
+
+    for spec in adapters:
+        path = AdapterSpec.parse(spec).path
+        if (Path(path) / SPLIT_FILE).is_file():
+            return path
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     from vlm_sft.data.loading import DataError
     from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
-    from vlm_sft.training.recipe import has_eval_set, recipe_eval_set
+    from vlm_sft.training.recipe import has_eval_set, recipe_eval_set, run_eval_set
 
     recipe = None
     if args.recipe:
@@ -80,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: cannot read the recipe {args.recipe}: {err}", file=sys.stderr)
             return 2
     from_recipe = recipe is not None and not args.eval_file  # the eval set training held out
-    if not args.eval_file and not (from_recipe and has_eval_set(recipe)):
-        print("error: no eval set: give --eval-file (or --recipe with eval_file or eval_fraction).", file=sys.stderr)
+    recorded = None if args.eval_file or from_recipe else _recorded_run(args.adapters)
+    if not args.eval_file and not recorded and not (from_recipe and has_eval_set(recipe)):
+        print(
+            "error: no eval set: give --eval-file (or --recipe with eval_file or eval_fraction, or a run folder "
+            "whose training recorded its held-out split in eval_split.json).",
+            file=sys.stderr,
+        )
         return 2
     if not args.adapters and (args.no_base or not args.base):
         print("error: nothing to evaluate: give one or more adapters, or --base alone.", file=sys.stderr)
@@ -89,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if from_recipe:
             eval_set = recipe_eval_set(recipe, limit=args.limit)
+        elif recorded:
+            eval_set = run_eval_set(recorded, args.limit, image_dir=args.image_dir)
         else:
             eval_set = load_eval_set(
                 args.eval_file,

@@ -14,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="the quickstart recipe (paths are read from it)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N held-out digits")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="report: keep the result in docs/quickstart_result.json and rewrite README.md's figures from it",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     if args.step == "prepare":
         prepare(recipe)
     else:
-        print(report(recipe, args.limit, args.batch_size))
+        print(report(recipe, args.limit, args.batch_size, update_readme=args.update_readme))
     return 0

@@ -21,7 +21,15 @@ import torch
 
 from vlm_sft.collator import batch_images, clean_messages, reply_text
 from vlm_sft.evaluation.metrics import score
-from vlm_sft.evaluation.report import REPORT_FILES, format_markdown, format_table, table_rows, write_report
+from vlm_sft.evaluation.report import (
+    REPORT_FILES,
+    add_intervals,
+    format_markdown,
+    format_table,
+    table_rows,
+    worst_examples,
+    write_report,
+)
 from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
 
 logger = logging.getLogger(__name__)
@@ -40,6 +48,9 @@ __all__ = [
     "table_rows",
     "write_report",
 ]
+
+# The report's functions live in vlm_sft.evaluation.report; these names stay importable from here.
+__all__ += ["REPORT_FILES", "table_rows", "worst_examples"]
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
@@ -113,9 +124,10 @@ class AdapterSpec:
 
     @classmethod
     def parse(cls, spec: str) -> AdapterSpec:
-        """`[NAME=]FOLDER_OR_HUB_ID[@REVISION]`, e.g. `outputs/qs`, `tuned=me/llava-lora@v2`."""
+        """`[NAME=]FOLDER_OR_HUB_ID[@REVISION]`, e.g. `outputs/qs`, `tuned=me/llava-lora@v2`; an existing path wins."""
         name = ""
-        if "=" in spec and "/" not in spec.split("=", 1)[0]:
+        # An existing folder named like `wd=0.1` is that folder, not NAME=PATH.
+        if "=" in spec and "/" not in spec.split("=", 1)[0] and not Path(spec).exists():
             name, spec = spec.split("=", 1)
         revision = None
         if "@" in spec and not Path(spec).exists():  # a folder whose name holds "@" stays a folder
@@ -132,6 +144,8 @@ class EvalSet:
     references: list[str]
     questions: list[str]
     image_names: list[list[str]] = field(default_factory=list)
+    system_prompt: str | None = None  # the one every conversation without its own was given, for the report
+    note: str = ""  # shown in the report: why the set is not exactly what training held out, when it is not
 
 
 def _image_names(ds: Any, n: int) -> list[list[str]]:
@@ -155,7 +169,9 @@ def load_eval_set(
     ds = load_conversations(
         path, image_dir, system_prompt, data_format=data_format, split=split or EVAL_SPLITS + ("train",)
     )
-    return eval_set_from_dataset(ds, str(path), limit)
+    eval_set = eval_set_from_dataset(ds, str(path), limit)
+    eval_set.system_prompt = system_prompt
+    return eval_set
 
 
 def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> EvalSet:
@@ -319,25 +335,17 @@ def _assemble(
         )
     for m in models:
         del m["per_example"]  # kept once, per example, above
-    return {
+    report = {
         "eval_file": eval_set.path,
+        "eval_set_note": eval_set.note,
         "n": len(examples),
         "base_model": base,
         "base_revision": base_revision,
         "generation": generation,
         "numeric_tolerance": tolerance,
+        "system_prompt": eval_set.system_prompt,
         "models": models,
         "worst": {m["name"]: worst_examples(examples, m["name"], worst) for m in models if m["kind"] == "adapter"},
         "examples": examples,
     }
-
-
-def worst_examples(examples: list[dict], name: str, k: int) -> list[int]:
-    """Indices of the k examples `name` scores lowest on; among equals, those where it fell furthest below base."""
-
-    def key(e: dict) -> tuple[float, float, int]:
-        own = e["scores"][name]["score"]
-        base = e["scores"]["base"]["score"] if "base" in e["scores"] else own
-        return own, own - base, e["index"]
-
-    return [e["index"] for e in sorted(examples, key=key)[:k]]
+    return add_intervals(report)

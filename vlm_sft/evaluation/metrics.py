@@ -2,11 +2,19 @@
 
 Each reference decides how it is scored beyond exact match and F1 (`answer_kind`):
 
-- `json`: the reference parses as a JSON object -> is the prediction valid JSON, and which of the
-  reference's fields does it get right (values compared after normalisation, numbers numerically);
-- `numeric`: the reference is a number, optionally with a unit ("4", "30 psi", "-2.5 °C") ->
-  is the first number in the prediction within tolerance of it, and by how much it is off;
+- `json`: the reference parses as a JSON object -> is the prediction a JSON object, and which of the
+  reference's fields does it get right (`values_equal`, the same rule at every depth);
+- `numeric`: the reference is a signed number, optionally with a unit ("4", "30 psi", "−2.5 °C") ->
+  is the first number in the prediction within tolerance of it, with the same unit (`UNIT_SPELLINGS`),
+  and by how much it is off;
 - `text`: everything else, scored by exact match and token F1 only.
+
+Rules (the README lists them with examples):
+
+- Text is compared after `normalize`: case, whitespace, sentence punctuation at the end (`. , ! ?`) and
+  quotes around the whole answer do not count; brackets, braces, `+`, `%` always do (`C` is not `C++`).
+- Numbers keep their sign in every score; the Unicode minus `−` is a minus.
+- In JSON, `false` is not `0` and `[0, 1]` is not `[false, true]`, at any depth; strings compare as text.
 
 Pure Python, no model: every rule here is tested on crafted examples (tests/test_metrics.py).
 """
@@ -21,12 +29,18 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-_PUNCT = string.punctuation + " "
+# Only sentence punctuation ends an answer without meaning anything; `%`, `+`, `)`, `}` change it.
+_SENTENCE_END = ".,!? "
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
+_MINUS = "\u2212"  # "−", the typographic minus, read as "-"
 # A number as people write them: sign, thousands separators, decimals ("1,200", "-3.5", ".5").
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|(?<![\w.])[-+]?\.\d+")
+_UNIT_PATTERN = r"%|℃|℉|[°µ]?[a-zµ]+(?:/[a-z]+)?|°"
 # The reference is numeric when it is a number and at most a short unit: "4", "30 psi", "12.5 %", "20°c".
-_NUMERIC_ANSWER = re.compile(rf"^\s*({_NUMBER.pattern})\s*(?:[a-z°%µ/]+\.?){{0,1}}\s*$")
+_NUMERIC_ANSWER = re.compile(rf"^\s*({_NUMBER.pattern})\s*({_UNIT_PATTERN})?\.?\s*$")
+# The unit written right after a number in an answer ("30 psi", "320°C", "12 %").
+_UNIT_AFTER = re.compile(rf"\s*({_UNIT_PATTERN})")
 # Counts are often written as words ("There are four screws").
 _WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
 _WORDS += "seventeen eighteen nineteen twenty"
@@ -34,11 +48,63 @@ NUMBER_WORDS = {w: i for i, w in enumerate(_WORDS.split())}
 _WORD_IN_TEXT = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b")
 _CODE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
+# Spellings of one unit that count as the same unit (lower case). Any other unit must be spelled alike,
+# ignoring a plural "s" ("4 screw" = "4 screws"). Units are never converted: "30 kPa" is not "30 psi".
+UNIT_SPELLINGS: tuple[tuple[str, ...], ...] = (
+    ("%", "percent", "pct"),
+    ("°c", "℃", "c", "degc", "celsius"),
+    ("°f", "℉", "f", "degf", "fahrenheit"),
+    ("°", "deg", "degree", "degrees"),
+    ("k", "kelvin"),
+    ("psi",),
+    ("kpa",),
+    ("pa", "pascal", "pascals"),
+    ("bar", "bars"),
+    ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
+    ("cm", "centimeter", "centimeters", "centimetre", "centimetres"),
+    ("m", "meter", "meters", "metre", "metres"),
+    ("km", "kilometer", "kilometers", "kilometre", "kilometres"),
+    ("µm", "um", "micron", "microns", "micrometer", "micrometers"),
+    ("in", "inch", "inches"),
+    ("ft", "foot", "feet"),
+    ("g", "gram", "grams"),
+    ("kg", "kgs", "kilogram", "kilograms"),
+    ("mg", "milligram", "milligrams"),
+    ("lb", "lbs", "pound", "pounds"),
+    ("l", "liter", "liters", "litre", "litres"),
+    ("ml", "milliliter", "milliliters", "millilitre", "millilitres"),
+    ("s", "sec", "secs", "second", "seconds"),
+    ("ms", "millisecond", "milliseconds"),
+    ("min", "mins", "minute", "minutes"),
+    ("h", "hr", "hrs", "hour", "hours"),
+    ("rpm", "rev/min"),
+    ("hz", "hertz"),
+    ("v", "volt", "volts"),
+    ("a", "amp", "amps", "ampere", "amperes"),
+    ("w", "watt", "watts"),
+    ("kw", "kilowatt", "kilowatts"),
+    ("km/h", "kph", "kmh"),
+    ("m/s", "mps"),
+    ("mph",),
+)
+_UNIT_CANON = {spelling: group[0] for group in UNIT_SPELLINGS for spelling in group}
+
+
+def _unminus(text: str) -> str:
+    return text.replace(_MINUS, "-")
+
 
 def normalize(text: str) -> str:
-    """Case, surrounding and repeated whitespace, and trailing punctuation do not count."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    return text.rstrip(_PUNCT)
+    """Case, surrounding and repeated whitespace, sentence punctuation at the end, and quotes around it all do not
+    count; every other character does (`{"a": 1` is not `{"a": 1}`, `C` is not `C++`, `50` is not `50%`)."""
+    text = re.sub(r"\s+", " ", _unminus(text).strip().lower())
+    while True:
+        before = text
+        text = text.rstrip(_SENTENCE_END)
+        if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1].strip()
+        if text == before:
+            return text
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -46,9 +112,18 @@ def exact_match(prediction: str, reference: str) -> bool:
     return normalize(prediction) == normalize(reference)
 
 
+def _token(word: str) -> str:
+    """A word without punctuation around it; a number keeps its minus sign ("(-2.5)" -> "-2.5", "+2.5" -> "2.5")."""
+    word = word.rstrip(string.punctuation)
+    core = word.lstrip(string.punctuation)
+    if core[:1].isdigit() and word[: len(word) - len(core)].endswith("-"):
+        return "-" + core
+    return core
+
+
 def tokens(text: str) -> list[str]:
-    """Lower-cased words with punctuation stripped from both ends ("psi," -> "psi"); empty words dropped."""
-    words = (w.strip(string.punctuation) for w in normalize(text).split())
+    """Lower-cased words with punctuation stripped from both ends ("psi," -> "psi"), signs of numbers kept."""
+    words = (_token(w) for w in normalize(text).split())
     return [w for w in words if w]
 
 
@@ -76,34 +151,71 @@ def parse_json(text: str) -> Any | None:
         return None
 
 
-def parse_number(text: str) -> float | None:
-    """The first number in `text` ("1,200" -> 1200.0), else the first number word ("four" -> 4.0), else None."""
+def parse_quantity(text: str) -> tuple[float, str | None] | None:
+    """(first number, the unit written right after it or None) in `text`; a number word counts ("four" -> 4.0).
+
+    "−2 °C" -> (-2.0, "°c"); "1,200 rpm" -> (1200.0, "rpm"); "no number here" -> None.
+    """
+    text = _unminus(text).lower()
     match = _NUMBER_IN_TEXT.search(text)
     if match:
-        return float(match.group(0).replace(",", ""))
-    word = _WORD_IN_TEXT.search(text.lower())
-    return float(NUMBER_WORDS[word.group(1)]) if word else None
+        value = float(match.group(0).replace(",", ""))
+    else:
+        match = _WORD_IN_TEXT.search(text)
+        if not match:
+            return None
+        value = float(NUMBER_WORDS[match.group(1)])
+    unit = _UNIT_AFTER.match(text, match.end())
+    return value, unit.group(1) if unit else None
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in `text` ("1,200" -> 1200.0, "−3" -> -3.0), else the first number word, else None."""
+    quantity = parse_quantity(text)
+    return quantity[0] if quantity else None
+
+
+def same_unit(got: str | None, expected: str | None) -> bool:
+    """True when the reference has no unit, or the answer writes the same one (`UNIT_SPELLINGS`, plural "s" aside)."""
+    if expected is None:
+        return True
+    if got is None:
+        return False
+
+    def canon(unit: str) -> str:
+        return _UNIT_CANON.get(unit) or _UNIT_CANON.get(unit.removesuffix("s")) or unit.removesuffix("s")
+
+    return canon(got) == canon(expected)
 
 
 def answer_kind(reference: str) -> str:
     """How a reference is scored beyond exact match and F1: `json`, `numeric` or `text`."""
     if isinstance(parse_json(reference), dict):
         return "json"
-    match = _NUMERIC_ANSWER.match(reference.lower())
+    match = _NUMERIC_ANSWER.match(normalize(reference))
     if match and re.search(r"\d", match.group(1)):
         return "numeric"
     return "text"
 
 
-def _values_equal(predicted: Any, expected: Any, tolerance: float) -> bool:
-    """Field values: numbers within tolerance (True is not 1), strings after normalisation, the rest exactly."""
+def values_equal(predicted: Any, expected: Any, tolerance: float = 0.0) -> bool:
+    """One rule at every depth of a JSON value: booleans only equal booleans (`false` is not `0`), numbers within
+    tolerance, strings after `normalize`, objects key by key (same keys), arrays item by item (same length)."""
     if isinstance(expected, bool) or isinstance(predicted, bool):
         return predicted is expected
     if isinstance(expected, int | float) and isinstance(predicted, int | float):
         return _close(float(predicted), float(expected), tolerance)
     if isinstance(expected, str) and isinstance(predicted, str):
         return normalize(predicted) == normalize(expected)
-    return predicted == expected
+    if isinstance(expected, dict) and isinstance(predicted, dict):
+        return predicted.keys() == expected.keys() and all(
+            values_equal(predicted[k], v, tolerance) for k, v in expected.items()
+        )
+    if isinstance(expected, list) and isinstance(predicted, list):
+        return len(predicted) == len(expected) and all(
+            values_equal(p, e, tolerance) for p, e in zip(predicted, expected, strict=True)
+        )
+    return predicted is None and expected is None
 
 
 def _close(a: float, b: float, tolerance: float) -> bool:
@@ -120,14 +232,18 @@ def score_example(prediction: str, reference: str, *, tolerance: float = 0.0) ->
     }
     if kind == "json":
         expected, got = parse_json(reference), parse_json(prediction)
-        got_fields = got if isinstance(got, dict) else {}  # a list or a bare string has no fields to match
-        fields = {k: k in got_fields and _values_equal(got_fields[k], v, tolerance) for k, v in expected.items()}
-        result.update(json_valid=got is not None, fields=fields)
+        got_fields = got if isinstance(got, dict) else {}  # a list, a number or null has no fields to match
+        fields = {k: k in got_fields and values_equal(got_fields[k], v, tolerance) for k, v in expected.items()}
+        # The reference is an object, so only an object is a valid answer ("4" and "null" are not).
+        result.update(json_valid=isinstance(got, dict), fields=fields)
         result["score"] = sum(fields.values()) / len(fields) if fields else float(got == expected)
     elif kind == "numeric":
-        expected_n, got_n = parse_number(reference), parse_number(prediction)
-        result.update(number=got_n, abs_error=None if got_n is None else abs(got_n - expected_n))
-        result["numeric_correct"] = got_n is not None and _close(got_n, expected_n, tolerance)
+        (expected_n, expected_unit), got = parse_quantity(reference), parse_quantity(prediction)
+        got_n, got_unit = got if got else (None, None)
+        result["unit_ok"] = got is not None and same_unit(got_unit, expected_unit)
+        # A number in another unit is not comparable ("30 kPa" vs "30 psi"), so it has no error either.
+        result.update(number=got_n, abs_error=abs(got_n - expected_n) if result["unit_ok"] else None)
+        result["numeric_correct"] = result["unit_ok"] and _close(got_n, expected_n, tolerance)
         result["score"] = float(result["numeric_correct"])
     else:
         result["score"] = result["token_f1"]
@@ -143,8 +259,8 @@ def aggregate(examples: Sequence[dict]) -> dict:
 
     JSON: `valid_rate` counts predictions that parse; `field_accuracy` is the share of all reference fields
     (over all JSON examples) matched, and `per_field` the same per key. Numeric: `accuracy` is over all
-    numeric examples (a prediction without a number is wrong); `mae` only over predictions that have a
-    number, so `parsed_rate` says how many that is.
+    numeric examples (a prediction without a number, or in another unit, is wrong); `mae` only over predictions
+    that have a number in the reference's unit, so `parsed_rate` says how many that is.
     """
     summary: dict[str, Any] = {
         "n": len(examples),

@@ -16,6 +16,7 @@ import logging
 import shlex
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,10 @@ def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
     if not has_eval_set(recipe):
         return None
     options = {"batch_size": 16, "max_new_tokens": 16, **{k: v for k, v in spec.eval.items() if k != "limit"}}
-    eval_set = recipe_eval_set(recipe, limit=spec.eval.get("limit"))  # the held-out set training built
+    # The held-out set the runs recorded (every run holds out the same rows), else the recipe's, rebuilt.
+    eval_set = _recorded_eval_set(runs, spec.eval.get("limit")) or recipe_eval_set(
+        recipe, limit=spec.eval.get("limit")
+    )
     adapters = [AdapterSpec(r["output_dir"], name=r["name"]) for r in runs]
     report = evaluate_models(eval_set, adapters, base=recipe.model_args.model_name_or_path, **options)
     scores = {m["name"]: m["metrics"]["exact_match"] for m in report["models"]}
@@ -197,17 +201,50 @@ def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
     return scores["base"]
 
 
-def verdicts(runs: list[dict]) -> dict[str, str | None]:
-    """Fastest to the loss threshold (fewest steps, then least time), lowest final loss, best eval score."""
-    reached = [r for r in runs if r["steps_to_threshold"] is not None]
-    with_loss = [r for r in runs if r["final_loss"] is not None]
-    scored = [r for r in runs if r["eval_score"] is not None]
-    fastest = min(reached, key=lambda r: (r["steps_to_threshold"], r["wall_seconds"]), default=None)
-    return {
-        "fastest_converging": fastest["name"] if fastest else None,
-        "best_final_loss": min(with_loss, key=lambda r: r["final_loss"])["name"] if with_loss else None,
-        "best_eval_score": max(scored, key=lambda r: r["eval_score"])["name"] if scored else None,
+def _recorded_eval_set(runs: list[dict], limit: int | None):
+    """The eval set the runs recorded (eval_split.json), refusing runs that held out different rows; or None."""
+    from vlm_sft.training.heldout import HeldOutMismatchError, read_record
+    from vlm_sft.training.recipe import run_eval_set
+
+    records = {r["name"]: read_record(r["output_dir"]) for r in runs}
+    if not runs or any(rec is None for rec in records.values()):
+        return None
+    first = runs[0]["name"]
+    differ = [name for name, rec in records.items() if rec["keys"] != records[first]["keys"]]
+    if differ:
+        raise HeldOutMismatchError(
+            f"runs {', '.join(differ)} held out other eval rows than {first} (their eval_split.json): one score "
+            "table needs one eval set. Keep the split keys (eval_fraction, seed, max_length) out of the grid."
+        )
+    return run_eval_set(runs[0]["output_dir"], limit, record=records[first])
+
+
+def _winners(runs: list[dict], key: str, best: Callable[[Iterable[Any]], Any]) -> list[str]:
+    """Names of every run that shares the best value of `key` (runs without a value left out)."""
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return []
+    top = best(values)
+    return [r["name"] for r in runs if r[key] == top]
+
+
+def verdicts(runs: list[dict], base_score: float | None = None) -> dict[str, Any]:
+    """Fewest steps to the loss threshold, lowest final loss, best eval score: a name only for a sole winner.
+
+    Equal values are ties, named in `ties`, never broken by wall time (which includes the first run's warm-up
+    and whatever else shared the machine). No run is "best" by eval score unless it beats the base model.
+    """
+    ties = {
+        "fastest_converging": _winners(runs, "steps_to_threshold", min),
+        "best_final_loss": _winners(runs, "final_loss", min),
+        "best_eval_score": _winners(runs, "eval_score", max),
     }
+    top = next((r["eval_score"] for r in runs if r["name"] in ties["best_eval_score"]), None)
+    if top is not None and base_score is not None and top <= base_score:
+        ties["best_eval_score"] = []  # tying or trailing the base model wins nothing
+    result: dict[str, Any] = {k: names[0] if len(names) == 1 else None for k, names in ties.items()}
+    result["ties"] = {k: names for k, names in ties.items() if len(names) > 1}
+    return result
 
 
 def run_sweep(spec: SweepSpec, *, only: list[str] | None = None, launch: list[str] | None = None) -> dict:
@@ -227,7 +264,7 @@ def run_sweep(spec: SweepSpec, *, only: list[str] | None = None, launch: list[st
         _train(recipe_argv(spec, config), launch)
         runs.append(collect(spec, config, time.perf_counter() - start))
     base_score = score_adapters(spec, runs)
-    result = {"sweep": asdict(spec), "base_eval_score": base_score, "runs": runs, **verdicts(runs)}
+    result = {"sweep": asdict(spec), "base_eval_score": base_score, "runs": runs, **verdicts(runs, base_score)}
     write_outputs(result, spec.output_dir)
     return result
 
@@ -278,21 +315,49 @@ def format_markdown(result: dict) -> str:
             f"of the recipe's eval set; the base model scores {result['base_eval_score']:.3f}."
         )
     lines += ["", format_table(result), ""]
+    lines += _verdict_lines(result, runs, sweep["loss_threshold"])
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(result: dict, runs: dict[str, dict], threshold: float) -> list[str]:
+    """Which configuration won on what; ties are named as ties, and nothing "wins" by tying the base model."""
+    ties, lines = result.get("ties", {}), []
     fastest, best = result["fastest_converging"], result["best_final_loss"]
     if fastest:
         r = runs[fastest]
         lines.append(
-            f"- **Fastest converging: {fastest}**: loss ≤ {sweep['loss_threshold']:g} at step "
+            f"- **Fastest converging: {fastest}**: loss ≤ {threshold:g} at step "
             f"{r['steps_to_threshold']} of {r['steps']} ({r['wall_seconds']:.1f} s for the whole run)."
         )
+    elif ties.get("fastest_converging"):
+        names = ties["fastest_converging"]
+        lines.append(
+            f"- **Fastest converging**: a tie between {', '.join(names)} (loss ≤ {threshold:g} at step "
+            f"{runs[names[0]]['steps_to_threshold']}); wall time does not break it (it includes warm-up)."
+        )
     else:
-        lines.append(f"- **Fastest converging**: no configuration reached loss ≤ {sweep['loss_threshold']:g}.")
+        lines.append(f"- **Fastest converging**: no configuration reached loss ≤ {threshold:g}.")
     if best:
         lines.append(f"- **Best final loss: {best}**: {runs[best]['final_loss']:.3f}.")
+    elif ties.get("best_final_loss"):
+        names = ties["best_final_loss"]
+        lines.append(f"- **Best final loss**: a tie between {', '.join(names)} at {runs[names[0]]['final_loss']:.3f}.")
+    scored = [r for r in runs.values() if r["eval_score"] is not None]
     if result.get("best_eval_score"):
         name = result["best_eval_score"]
         lines.append(f"- Best eval score: {name}: {runs[name]['eval_score']:.3f} exact match.")
-    return "\n".join(lines) + "\n"
+    elif ties.get("best_eval_score"):
+        names = ties["best_eval_score"]
+        lines.append(
+            f"- Eval score: no best; {', '.join(names)} tie at {runs[names[0]]['eval_score']:.3f} exact match."
+        )
+    elif scored:
+        top = max(r["eval_score"] for r in scored)
+        lines.append(
+            f"- Eval score: no best; no configuration beats the base model ({result['base_eval_score']:.3f}); "
+            f"the highest is {top:.3f} ({', '.join(r['name'] for r in scored if r['eval_score'] == top)})."
+        )
+    return lines
 
 
 def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:

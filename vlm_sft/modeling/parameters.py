@@ -42,7 +42,11 @@ def _component(name: str, parts: Components) -> str:
 
 
 def trainable_parameters(model: torch.nn.Module, parts: Components) -> dict:
-    """Per component: trainable, total (base parameters) and percent; per LoRA target: parameters."""
+    """Per component: trainable, total (base parameters) and percent; per LoRA target: parameters.
+
+    The overall `trainable`, `total` and `percent` follow PEFT's convention (`get_nb_trainable_parameters`):
+    `total` counts the LoRA weights and trained copies too, `base_total` only the base model's.
+    """
     trainable: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
     lora_targets: dict[str, int] = defaultdict(int)
@@ -67,14 +71,24 @@ def trainable_parameters(model: torch.nn.Module, parts: Components) -> dict:
         for c in order
         if total[c] or trainable[c]
     }
-    all_trainable, all_total = sum(trainable.values()), sum(total.values())
+    all_trainable, all_total = _peft_counts(model)
     return {
         "components": comps,
         "lora_targets": dict(sorted(lora_targets.items())),
         "trainable": all_trainable,
-        "total": all_total,
+        "total": all_total,  # PEFT's "all params": the base plus the adapter's own parameters
+        "base_total": sum(total.values()),  # the components' totals: base parameters only
         "percent": round(100 * all_trainable / all_total, 4),
     }
+
+
+def _peft_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, all) as PEFT reports them (`print_trainable_parameters`): the adapter counts in "all", so the
+    percent shown is the one users compare with PEFT's own log line."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(_numel(p) for p in params if p.requires_grad), sum(_numel(p) for p in params)
 
 
 def format_table(report: dict) -> str:

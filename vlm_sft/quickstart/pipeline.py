@@ -35,7 +35,7 @@ def _train_seconds(output_dir: Path) -> float:
     return next(e["train_runtime"] for e in reversed(state["log_history"]) if "train_runtime" in e)
 
 
-def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
+def report(recipe: RecipeArgs, limit: int | None, batch_size: int, *, update_readme: bool = False) -> str:
     """Score base and adapter on the held-out digits with `vlm-sft eval`'s code; return the one-line summary.
 
     The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
@@ -58,8 +58,13 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int) -> str:
     write_report(result, output_dir / "eval")
     print(format_table(result))
     accuracy = {m["name"]: m["metrics"]["exact_match"] for m in result["models"]}
-    return (
+    line = (
         f"quickstart: base_accuracy={accuracy['base']:.2f} "
         f"finetuned_accuracy={accuracy['fine-tuned']:.2f} "
         f"train_seconds={_train_seconds(output_dir):.0f}"
     )
+    if update_readme:  # the README's figures come from this run (vlm_sft.quickstart.readme)
+        from vlm_sft.quickstart import readme
+
+        readme.update_readme(json.loads(readme.save_result(result, line).read_text()))
+    return line

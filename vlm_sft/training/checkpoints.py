@@ -49,6 +49,7 @@ RUN_RESULTS = (
     "eval_results.json",
     "trainable_parameters.json",
     "training_summary.json",
+    "eval_split.json",
     # The model card, loss plot and eval report describe the run: a stale one would be pushed with the new adapter.
     "README.md",
     "loss.png",

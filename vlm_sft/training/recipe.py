@@ -90,12 +90,47 @@ def has_eval_set(recipe: RecipeArgs) -> bool:
 
 
 def recipe_eval_set(recipe: RecipeArgs, limit: int | None = None) -> EvalSet | None:
-    """`eval_split` as the EvalSet `vlm_sft.evaluation.generate` scores (the first `limit` rows); None if none."""
-    from vlm_sft.evaluation.generate import eval_set_from_dataset
+    """The eval set training held out, as the EvalSet `vlm_sft.evaluation.generate` scores (first `limit` rows).
 
+    When the recipe's output_dir holds the run's record (`eval_split.json`), exactly the recorded rows, after a
+    check that the recipe describes the same split (`HeldOutMismatchError` otherwise). Without a record (a run
+    from before records) the split is rebuilt from the recipe, and the EvalSet's note says what that cannot know.
+    None when the recipe has no eval set.
+    """
+    from vlm_sft.evaluation.generate import eval_set_from_dataset
+    from vlm_sft.training.heldout import check_recipe, read_record
+
+    script_args, training_args, _, vision = recipe
+    if script_args.dataset_name and not vision.train_file:
+        vision.train_file = script_args.dataset_name  # as training reads it (vlm_sft.training.train._setup_data)
+    output_dir = training_args.output_dir
+    record = read_record(output_dir) if output_dir else None
+    if record is not None:
+        check_recipe(record, training_args, vision, output_dir)
+        return run_eval_set(output_dir, limit, image_dir=vision.image_dir, record=record)
     ds = eval_split(recipe)
     if ds is None:
         return None
-    vision, seed = recipe.vision, recipe.training_args.seed
-    path = vision.eval_file or f"{vision.train_file} (eval_fraction={vision.eval_fraction}, seed={seed})"
-    return eval_set_from_dataset(ds, str(path), limit)
+    path = vision.eval_file or f"{vision.train_file} (eval_fraction={vision.eval_fraction}, seed={training_args.seed})"
+    eval_set = eval_set_from_dataset(ds, str(path), limit)
+    eval_set.system_prompt = vision.system_prompt
+    eval_set.note = f"rebuilt from the recipe: {output_dir} holds no record of the split training held out"
+    if training_args.max_length and vision.too_long == "drop":
+        eval_set.note += f"; samples over max_length={training_args.max_length} were not dropped as in training"
+    return eval_set
+
+
+def run_eval_set(
+    output_dir: str | Path, limit: int | None = None, *, image_dir: str | None = None, record: dict | None = None
+) -> EvalSet | None:
+    """The rows the run in output_dir held out (its `eval_split.json`), or None when it recorded none."""
+    from vlm_sft.evaluation.generate import eval_set_from_dataset
+    from vlm_sft.training.heldout import describe, held_out_dataset, read_record
+
+    record = record or read_record(output_dir)
+    if record is None:
+        return None
+    ds = held_out_dataset(record, output_dir, image_dir)
+    eval_set = eval_set_from_dataset(ds, describe(record, output_dir), limit)
+    eval_set.system_prompt = record["parameters"]["system_prompt"]
+    return eval_set

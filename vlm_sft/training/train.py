@@ -38,6 +38,7 @@ from vlm_sft.training.distributed import (
     detect_engine,
     unify_float_dtype,
 )
+from vlm_sft.training.heldout import build_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +104,19 @@ def check_supported(script_args, training_args, model_args, vision) -> None:
             raise ValueError(f"{key}={value!r} is not supported by vlm-sft: {instead}. Remove it from the recipe.")
 
 
+def _too_long(dataset, collator: VisionSFTCollator) -> dict[int, int]:
+    """{position: tokens} of the samples over max_length (lengths are cached, so asking twice costs nothing)."""
+    if dataset is None or collator.max_length is None:
+        return {}
+    return {i: n for i, n in enumerate(sample_lengths(dataset, collator)) if n > collator.max_length}
+
+
 def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
     """Apply the too_long policy to a whole split before training, so no step fails or silently drops."""
     if dataset is None or collator.max_length is None:
         return dataset
     lengths = sample_lengths(dataset, collator)  # computed once, cached; length grouping reuses them
-    too_long = [i for i, n in enumerate(lengths) if n > collator.max_length]
+    too_long = list(_too_long(dataset, collator))
     if not too_long:
         return dataset
     shown = too_long[:10]
@@ -150,11 +158,13 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
         pad_to_multiple_of=None if pad_multiple in (None, "auto") else int(pad_multiple),
     )
     train_ds = _enforce_max_length(train_ds, collator, "train")
+    # The eval split as training holds it out (after the length policy), recorded for `vlm-sft eval`.
+    held_out = None if eval_ds is None else build_record(training_args, vision, eval_ds, _too_long(eval_ds, collator))
     eval_ds = _enforce_max_length(eval_ds, collator, "eval")
     if eval_ds is None and training_args.eval_strategy != "no":
         logger.warning("No eval set (eval_file / eval_fraction): turning eval_strategy off.")
         training_args.eval_strategy = "no"
-    return train_ds, eval_ds, processor, collator
+    return train_ds, eval_ds, processor, collator, held_out
 
 
 def _prepare_output_dir(training_args: SFTConfig, vision: VisionArguments) -> str | None:
@@ -210,7 +220,7 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     set_seed(training_args.seed)
 
     # ---- Data, launch and output_dir checks: every refusal comes before anything is written.
-    train_ds, eval_ds, processor, collator = _setup_data(script_args, training_args, model_args, vision)
+    train_ds, eval_ds, processor, collator, held_out = _setup_data(script_args, training_args, model_args, vision)
     check_process_group(training_args)  # N launched processes that would each train alone
     engine = detect_engine(training_args)
     check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
@@ -246,6 +256,8 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         write_training_card(
             out, script_args, training_args, model_args, vision, num_train=len(train_ds), num_eval=num_eval
         )
+        if held_out is not None:
+            write_record(held_out, out)  # eval_split.json: `vlm-sft eval` scores exactly these rows
         if hub_push is not None:
             print(f"pushed: {push_after_training(out, hub_push)}")
     return out
