@@ -61,6 +61,13 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
         help="merge in this dtype, never 4-bit",
     )
     parser.add_argument("--base-model-id", help="the base model's Hub id for the card, when --base is a folder")
+    check = parser.add_argument_group("self-check (greedy answers of the reloaded merge vs the adapter on its base)")
+    check.add_argument("--eval-file", help="questions to check on (default: the recipe's eval split, else synthetic)")
+    check.add_argument("--image-dir", help="folder the eval file's image paths are relative to")
+    check.add_argument("--recipe", help="the training recipe: check on its held-out eval split")
+    check.add_argument("--check-n", type=int, default=8, help="how many eval examples to check on (default 8)")
+    check.add_argument("--check-max-new-tokens", type=int, default=32)
+    check.add_argument("--no-check", action="store_true", help="skip the check (no merge_check.json)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,9 +171,32 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge(args: argparse.Namespace) -> int:
-    from vlm_sft.hub.adapters import merge_adapter
+def _merge_check(args: argparse.Namespace) -> Any:
+    """The GreedyAgreement the merge proves itself with (None with --no-check); raises ValueError/OSError/DataError."""
+    if args.no_check:
+        return None
+    if args.check_n < 1:
+        raise ValueError(f"--check-n must be at least 1 (got {args.check_n}); --no-check skips the check.")
+    from vlm_sft.evaluation.agreement import GreedyAgreement, check_rows
 
+    recipe = None
+    if args.recipe and not args.eval_file:
+        from vlm_sft.training.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+    rows, source = check_rows(args.eval_file, args.image_dir, recipe=recipe, limit=args.check_n)
+    return GreedyAgreement(rows, source=source, max_new_tokens=args.check_max_new_tokens)
+
+
+def merge(args: argparse.Namespace) -> int:
+    from vlm_sft.data.loading import DataError
+    from vlm_sft.hub.adapters import MergeCheckError, merge_adapter
+
+    try:
+        check = _merge_check(args)
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: the merge check's questions: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
     try:
         out = merge_adapter(
             args.adapter,
@@ -175,11 +205,18 @@ def merge(args: argparse.Namespace) -> int:
             base=args.base,
             base_model_id=args.base_model_id,
             dtype=args.dtype,
+            check=check,
         )
+    except MergeCheckError as err:
+        print(f"error: merge check failed: {err}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:  # OSError: an existing --out, a missing or unloadable base or adapter
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"merged model: {out}")
+    if check is not None:
+        result = check.result
+        print(f"merge check: {result['identical']}/{result['n']} answers identical ({out}/merge_check.json)")
     return 0
 
 
