@@ -165,5 +165,5 @@ def test_merge_check_bad_arguments(adapter, tmp_path, capsys):
     assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--check-n", "0"]) == 2
     assert "--check-n must be at least 1" in capsys.readouterr().err
     assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--eval-file", str(tmp_path / "no.json")]) == 1
-    assert "error: the merge check's questions:" in capsys.readouterr().err
+    assert "error: the check's questions:" in capsys.readouterr().err
     assert not out.exists()

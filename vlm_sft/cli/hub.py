@@ -67,13 +67,35 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
         help="merge in this dtype, never 4-bit",
     )
     parser.add_argument("--base-model-id", help="the base model's Hub id for the card, when --base is a folder")
-    check = parser.add_argument_group("self-check (greedy answers of the reloaded merge vs the adapter on its base)")
+    add_check_arguments(parser)
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The self-check options shared by `merge` and `export`."""
+    check = parser.add_argument_group("self-check (greedy answers of the reloaded result vs the adapter on its base)")
     check.add_argument("--eval-file", help="questions to check on (default: the recipe's eval split, else synthetic)")
     check.add_argument("--image-dir", help="folder the eval file's image paths are relative to")
     check.add_argument("--recipe", help="the training recipe: check on its held-out eval split")
     check.add_argument("--check-n", type=int, default=8, help="how many eval examples to check on (default 8)")
     check.add_argument("--check-max-new-tokens", type=int, default=32)
-    check.add_argument("--no-check", action="store_true", help="skip the check (no merge_check.json)")
+    check.add_argument("--no-check", action="store_true", help="skip the check")
+
+
+def check_from_args(args: argparse.Namespace) -> tuple[Any, int]:
+    """(the GreedyAgreement of --eval-file/--recipe/--check-n, or None with --no-check; 0), or (None, exit code)."""
+    if args.no_check:
+        return None, 0
+    from vlm_sft.data.loading import DataError
+    from vlm_sft.evaluation.agreement import agreement_for
+
+    try:
+        check = agreement_for(
+            args.eval_file, args.image_dir, args.recipe, n=args.check_n, max_new_tokens=args.check_max_new_tokens
+        )
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: the check's questions: {err}", file=sys.stderr)
+        return None, 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
+    return check, 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -226,32 +248,12 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge_check(args: argparse.Namespace) -> Any:
-    """The GreedyAgreement the merge proves itself with (None with --no-check); raises ValueError/OSError/DataError."""
-    if args.no_check:
-        return None
-    if args.check_n < 1:
-        raise ValueError(f"--check-n must be at least 1 (got {args.check_n}); --no-check skips the check.")
-    from vlm_sft.evaluation.agreement import GreedyAgreement, check_rows
-
-    recipe = None
-    if args.recipe and not args.eval_file:
-        from vlm_sft.training.recipe import load_recipe
-
-        recipe = load_recipe(args.recipe)
-    rows, source = check_rows(args.eval_file, args.image_dir, recipe=recipe, limit=args.check_n)
-    return GreedyAgreement(rows, source=source, max_new_tokens=args.check_max_new_tokens)
-
-
 def merge(args: argparse.Namespace) -> int:
-    from vlm_sft.data.loading import DataError
     from vlm_sft.hub.adapters import MergeCheckError, merge_adapter
 
-    try:
-        check = _merge_check(args)
-    except (DataError, ValueError, OSError) as err:
-        print(f"error: the merge check's questions: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
+    check, code = check_from_args(args)
+    if code:
+        return code
     try:
         out = merge_adapter(
             args.adapter,

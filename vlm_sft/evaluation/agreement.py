@@ -162,3 +162,23 @@ def synthetic_rows(n: int, system_prompt: str | None = None) -> list[dict]:
         ]
         rows.append({"images": [Image.fromarray(pixels)], "messages": messages})
     return rows
+
+
+def agreement_for(
+    eval_file: str | None,
+    image_dir: str | None,
+    recipe_path: str | None,
+    *,
+    n: int = 8,
+    max_new_tokens: int = 32,
+) -> GreedyAgreement:
+    """The check of a merge or export, on `eval_file`, else the recipe's eval split, else synthetic questions."""
+    if n < 1:
+        raise ValueError(f"--check-n must be at least 1 (got {n}); --no-check skips the check.")
+    recipe = None
+    if recipe_path and not eval_file:
+        from vlm_sft.training.recipe import load_recipe
+
+        recipe = load_recipe(recipe_path)
+    rows, source = check_rows(eval_file, image_dir, recipe=recipe, limit=n)
+    return GreedyAgreement(rows, source=source, max_new_tokens=max_new_tokens)
