@@ -120,3 +120,16 @@ def test_export_refuses_bad_input(adapter, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["export", "--for", "tgi", str(adapter), "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2
+
+
+def test_cards_say_which_serving_paths_apply(adapter):
+    from vlm_sft.hub.serving import serving_paragraph
+
+    card = (adapter / "README.md").read_text()  # written by the training card builder
+    assert "## Serving" in card and "projector trained, which they do not load" in card
+    assert "`vlm-sft export --for vllm`" in card
+    lm_only = serving_paragraph({"target_modules": r"model\.language_model\..*\.(q_proj|v_proj)"}, {})
+    assert "loads as it is (multi-LoRA)" in lm_only and "export" not in lm_only
+    vision = serving_paragraph({"target_modules": r"(model\.language_model\..*|model\.vision_tower\..*)"}, {})
+    assert "LoRA on the vision tower, which they do not load" in vision
+    assert "not supported (DoRA)" in serving_paragraph({"use_dora": True, "modules_to_save": ["x"]}, {})

@@ -24,6 +24,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from vlm_sft.hub.serving import serving_paragraph
 from vlm_sft.modeling.parameters import adapter_size_mb
 
 logger = logging.getLogger(__name__)
@@ -485,6 +486,7 @@ def build_adapter_card(
     ]
     if system_prompt:
         body += ["", f"Trained with the system prompt {system_prompt!r}: keep it at inference."]
+    body += ["", serving_paragraph(adapter_config, summary)]
     body += ["", "## LoRA", "", *_lora_lines(adapter_config, summary, params)]
     body += ["", "## Quantization", "", _quantization_line(summary)]
     body += ["", "## Training hyperparameters", ""]

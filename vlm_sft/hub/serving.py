@@ -33,18 +33,19 @@ def serving_paragraph(adapter_config: dict, summary: dict | None = None) -> str:
         "- Merged (`vlm-sft merge --adapter ADAPTER --out DIR`): one standalone model for any engine "
         "(vLLM, TGI, transformers), checked by greedy answers against the adapter (merge_check.json).",
     ]
-    trained = [part for part, on in (("the projector", projector), ("LoRA on the vision tower", vision_lora)) if on]
+    trained = [
+        part for part, on in (("projector trained", projector), ("LoRA on the vision tower", vision_lora)) if on
+    ]
     if dora:
         lines.append("- vLLM / TGI with the adapter: not supported (DoRA); serve the merged model.")
     elif trained:
         lines.append(
-            f"- vLLM / TGI with the adapter: {' and '.join(trained)} trained, which they do not load "
-            "(LoRA on the language model only, no `modules_to_save`): serve merged, or via "
-            "`vlm-sft export --for vllm` (the trained parts merged into a base copy, plus a language-model-only "
-            "adapter, so several adapters can share one base)."
+            f"- vLLM / TGI: {' and '.join(trained)}, which they do not load from an adapter (LoRA on the language "
+            "model only, no `modules_to_save`): serve merged, or via `vlm-sft export --for vllm` (a base copy "
+            "with those parts merged in, plus a language-model-only adapter)."
         )
     else:
-        lines.append("- vLLM / TGI with the adapter: LoRA on the language model only, loadable as it is (multi-LoRA).")
+        lines.append("- vLLM / TGI: LoRA on the language model only, so the adapter loads as it is (multi-LoRA).")
     return "\n".join(["## Serving", "", *lines, "", "Commands: docs/serving.md in vlm-sft."])
 
 
