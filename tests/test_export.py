@@ -133,3 +133,18 @@ def test_cards_say_which_serving_paths_apply(adapter):
     vision = serving_paragraph({"target_modules": r"(model\.language_model\..*|model\.vision_tower\..*)"}, {})
     assert "LoRA on the vision tower, which they do not load" in vision
     assert "not supported (DoRA)" in serving_paragraph({"use_dora": True, "modules_to_save": ["x"]}, {})
+
+
+def test_serving_doc_commands_parse():
+    import re
+    import shlex
+
+    from vlm_sft.cli import parse_command
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", doc, flags=re.S)
+    commands = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    ours = [shlex.split(c) for c in commands if c.startswith("vlm-sft ")]
+    assert {c[1] for c in ours} >= {"infer", "export"}
+    for words in ours:
+        parse_command(words[1:])  # argparse exits on an unknown flag or a missing argument
