@@ -167,3 +167,18 @@ def test_merge_check_bad_arguments(adapter, tmp_path, capsys):
     assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--eval-file", str(tmp_path / "no.json")]) == 1
     assert "error: the check's questions:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rounding_tie_only_excuses_near_ties():
+    from vlm_sft.evaluation.agreement import rounding_tie
+
+    def output(logits: list[list[float]], ids: list[int]):
+        return torch.tensor(logits), torch.tensor(ids)
+
+    ref = output([[5.0, 1.0, 0.0], [0.0, 2.00, 1.99]], [0, 1])
+    near = output([[5.0, 1.0, 0.0], [0.0, 1.99, 2.00]], [0, 2])  # parts at a tie bf16 rounding can flip
+    assert rounding_tie(ref, near, "bfloat16")
+    assert not rounding_tie(ref, near, "float32")  # float32 rounds a thousand times finer
+    far = output([[5.0, 1.0, 0.0], [0.0, 1.0, 3.0]], [0, 2])  # the candidate prefers its token by a margin
+    assert not rounding_tie(ref, far, "bfloat16")
+    assert not rounding_tie(ref, output([[5.0, 1.0, 0.0]], [0]), "bfloat16")

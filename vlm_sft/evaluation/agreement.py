@@ -63,7 +63,7 @@ def rounding_tie(reference: Output, candidate: Output, dtype: str) -> bool:
     steps = min(len(ref_ids), len(cand_ids))
     differ = (ref_ids[:steps] != cand_ids[:steps]).nonzero()
     if not len(differ):
-        return True  # same tokens, one longer: only padding after the end differs
+        return False  # the same tokens as far as both go: a difference this rule cannot explain
     k = int(differ[0])
     a, b = int(ref_ids[k]), int(cand_ids[k])
     scale = max(1.0, float(ref_logits[k].abs().max()))
