@@ -123,7 +123,7 @@ def test_stdin_questions_alone_or_as_a_chat(adapter, tmp_path, monkeypatch, caps
         {"role": "assistant", "content": [{"type": "text", "text": singles[0]}]},
         {"role": "user", "content": [{"type": "text", "text": follow_up}]},
     ]
-    assert chat == [singles[0], answer(model, processor, history, [picture], 5)]
+    assert chat == [singles[0], answer(model, processor, history, 5, images=[picture])]
     assert chat[1] != singles[1], "the follow-up alone must answer differently, or this test proves nothing"
     text = processor.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
     assert text.count(PROMPT) == 1 and follow_up in text  # the history really is in the second prompt

@@ -107,13 +107,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(hub_command=command)
 
 
-def answer(model: Any, processor: Any, messages: list[dict], images: list, max_new_tokens: int) -> str:
-    """Greedy reply to the conversation, rendered by the generation path `vlm-sft eval` uses."""
+def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int, images: list | None = None) -> str:
+    """Greedy reply to the conversation, rendered by the generation path `vlm-sft eval` uses.
+
+    Images come as `images` (with `{"type": "image"}` placeholders in the messages), or inside the
+    messages' image parts (`{"type": "image", "image": PIL.Image}`).
+    """
     from vlm_sft.evaluation.generate import generate_answers
 
+    if images is None:
+        images, messages = _images_out_of(messages)
     reply_slot = {"role": "assistant", "content": [{"type": "text", "text": ""}]}  # split off: only the prompt is used
     row = {"images": images, "messages": [*messages, reply_slot]}
     return generate_answers(model, processor, [row], batch_size=1, max_new_tokens=max_new_tokens)[0]
+
+
+def _images_out_of(messages: list[dict]) -> tuple[list, list[dict]]:
+    """(the images inside image parts, the messages with bare `{"type": "image"}` placeholders instead)."""
+    images, plain = [], []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            images += [p["image"] for p in content if p.get("type") == "image" and p.get("image") is not None]
+            content = [{"type": "image"} if p.get("type") == "image" else p for p in content]
+        plain.append({"role": message["role"], "content": content})
+    return images, plain
 
 
 def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
@@ -208,7 +226,7 @@ def _converse(model: Any, processor: Any, image: Any, args: argparse.Namespace, 
         first = not any(m["role"] == "user" for m in messages)
         content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
         messages.append({"role": "user", "content": content})
-        reply = answer(model, processor, messages, [image], args.max_new_tokens)
+        reply = answer(model, processor, messages, args.max_new_tokens, images=[image])
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
         print(reply, flush=True)
 
