@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("vlm_sft.cli.data", "Validate, describe or draft conversation data (validate | stats | init)."),
     "push": ("vlm_sft.cli.hub", "Push a run's adapter, processor and model card to the Hub."),
     "infer": ("vlm_sft.cli.hub", "Ask an adapter about an image (--prompt, stdin, --chat), or a JSONL of questions."),
-    "merge": ("vlm_sft.cli.hub", "Merge an adapter into its 16-bit base; save model, processor and card."),
+    "merge": ("vlm_sft.cli.hub", "Merge an adapter into its 16-bit base, checked; save model, processor and card."),
     "export": ("vlm_sft.cli.export", "Export for vLLM: base with the projector merged in + language-model LoRA."),
     "eval": ("vlm_sft.cli.eval", "Score base model vs adapters by generation on held-out data; write a report."),
     "estimate": ("vlm_sft.cli.estimate", "Estimate training memory for a model and recipe."),
