@@ -99,3 +99,86 @@ def test_merge_that_fails_midway_leaves_no_folder(adapter, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="crash"):
         merge_adapter(adapter, tmp_path / "merged", dtype="float32")
     assert list(tmp_path.iterdir()) == [], "neither the output folder nor the partial one is left behind"
+
+
+# ---------------------------------------------------------------------------------------------- self-check
+
+
+def _sha(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_merge_checks_itself_and_a_reload_answers_like_the_adapter(adapter, digits, tmp_path, capsys):
+    from vlm_sft.evaluation.generate import generate_answers, load_eval_set
+
+    out = tmp_path / "merged"
+    args = ["merge", "--adapter", str(adapter), "--out", str(out), "--dtype", "float32"]
+    args += ["--eval-file", str(digits["eval"]), "--image-dir", str(digits["image_dir"]), "--check-n", "6"]
+    assert cli(args) == 0
+    check = json.loads((out / "merge_check.json").read_text())
+    assert check["n"] == 6 and check["passed"] and check["differ"] == 0 and check["dtype"] == "float32"
+    assert check["identical"] + check["within_rounding"] == 6 and check["max_abs_logit_diff"] < 1e-3
+    assert str(digits["eval"]) in check["eval_set"]
+    assert "## Merge check (passed)" in (out / "README.md").read_text()
+    assert "merge check: " in capsys.readouterr().out
+    # An independent reload (plain transformers, no vlm-sft loader) answers held-out digits like base + adapter.
+    rows = load_eval_set(digits["eval"], digits["image_dir"], limit=6).rows
+    processor = AutoProcessor.from_pretrained(out)
+    merged = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForImageTextToText.from_pretrained(
+        json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"], dtype=torch.float32
+    )
+    adapted = PeftModel.from_pretrained(base, adapter)
+    expected = generate_answers(adapted, processor, rows, max_new_tokens=8)
+    assert generate_answers(merged, processor, rows, max_new_tokens=8) == expected
+
+
+def test_tampered_merge_fails_the_check_and_leaves_the_adapter(adapter, tmp_path, capsys, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTuner
+
+    original = BaseTuner.merge_and_unload
+
+    def tampered(self, *args, **kwargs):
+        merged = original(self, *args, **kwargs)
+        with torch.no_grad():  # one merged weight off by more than any rounding
+            weight = merged.get_output_embeddings().weight
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+        return merged
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", tampered)
+    before = _sha(adapter)
+    out = tmp_path / "merged"
+    assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--dtype", "float32", "--check-n", "4"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: merge check failed:") and "of 4 check questions differently" in err
+    assert not out.exists() and _sha(adapter) == before
+    (failed,) = tmp_path.glob("merged.failed-check-*")
+    check = json.loads((failed / "merge_check.json").read_text())
+    assert not check["passed"] and check["differ"] >= 1 and check["max_abs_logit_diff"] > 0.1
+    assert f"answers {check['differ']} of 4" in err
+
+
+def test_merge_check_bad_arguments(adapter, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--check-n", "0"]) == 2
+    assert "--check-n must be at least 1" in capsys.readouterr().err
+    assert cli(["merge", "--adapter", str(adapter), "--out", str(out), "--eval-file", str(tmp_path / "no.json")]) == 1
+    assert "error: the check's questions:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_rounding_tie_only_excuses_near_ties():
+    from vlm_sft.evaluation.agreement import rounding_tie
+
+    def output(logits: list[list[float]], ids: list[int]):
+        return torch.tensor(logits), torch.tensor(ids)
+
+    ref = output([[5.0, 1.0, 0.0], [0.0, 2.00, 1.99]], [0, 1])
+    near = output([[5.0, 1.0, 0.0], [0.0, 1.99, 2.00]], [0, 2])  # parts at a tie bf16 rounding can flip
+    assert rounding_tie(ref, near, "bfloat16")
+    assert not rounding_tie(ref, near, "float32")  # float32 rounds a thousand times finer
+    far = output([[5.0, 1.0, 0.0], [0.0, 1.0, 3.0]], [0, 2])  # the candidate prefers its token by a margin
+    assert not rounding_tie(ref, far, "bfloat16")
+    assert not rounding_tie(ref, output([[5.0, 1.0, 0.0]], [0]), "bfloat16")

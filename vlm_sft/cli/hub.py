@@ -2,8 +2,10 @@
 
     vlm-sft push outputs/quickstart me/digits-lora [--private] [--revision BRANCH]
     vlm-sft infer --adapter me/digits-lora --image 7.png --prompt "What digit is this?"
-    vlm-sft infer --adapter outputs/quickstart --image 7.png          # interactive chat about the image
-    vlm-sft merge --adapter me/digits-lora --out merged/ [--dtype bfloat16]
+    vlm-sft infer --adapter outputs/quickstart --image 7.png          # questions from stdin, each on its own
+    vlm-sft infer --adapter outputs/quickstart --image 7.png --chat   # a multi-turn conversation from stdin
+    vlm-sft infer --adapter outputs/quickstart --file questions.jsonl --out answers.jsonl   # batched, resumable
+    vlm-sft merge --adapter me/digits-lora --out merged/ [--dtype bfloat16] [--eval-file eval.json]
 
 Adapters are a local folder or a Hub id (`--revision` for a branch, tag or commit); with HF_HUB_OFFLINE=1 a
 Hub id is served from the HF cache. The push token comes from huggingface_hub (HF_TOKEN or `hf auth login`):
@@ -43,8 +45,12 @@ def _add_adapter(parser: argparse.ArgumentParser) -> None:
 
 def _add_infer(parser: argparse.ArgumentParser) -> None:
     _add_adapter(parser)
-    parser.add_argument("--image", required=True, help="image file to ask about")
-    parser.add_argument("--prompt", help="one question; without it, an interactive chat reads questions from stdin")
+    parser.add_argument("--image", help="image file to ask about")
+    parser.add_argument("--prompt", help="one question; without it, questions are read from stdin, one per line")
+    parser.add_argument("--chat", action="store_true", help="with stdin questions: one multi-turn conversation")
+    parser.add_argument("--file", help="questions JSONL ({image, prompt, id} per line) to answer in batches")
+    parser.add_argument("--out", help="with --file: answers JSONL, appended to (a rerun skips answered ids)")
+    parser.add_argument("--batch-size", type=int, default=8, help="with --file")
     parser.add_argument("--system", default=None, help="system prompt (default: the one the adapter was trained with)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
@@ -61,6 +67,35 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
         help="merge in this dtype, never 4-bit",
     )
     parser.add_argument("--base-model-id", help="the base model's Hub id for the card, when --base is a folder")
+    add_check_arguments(parser)
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The self-check options shared by `merge` and `export`."""
+    check = parser.add_argument_group("self-check (greedy answers of the reloaded result vs the adapter on its base)")
+    check.add_argument("--eval-file", help="questions to check on (default: the recipe's eval split, else synthetic)")
+    check.add_argument("--image-dir", help="folder the eval file's image paths are relative to")
+    check.add_argument("--recipe", help="the training recipe: check on its held-out eval split")
+    check.add_argument("--check-n", type=int, default=8, help="how many eval examples to check on (default 8)")
+    check.add_argument("--check-max-new-tokens", type=int, default=32)
+    check.add_argument("--no-check", action="store_true", help="skip the check")
+
+
+def check_from_args(args: argparse.Namespace) -> tuple[Any, int]:
+    """(the GreedyAgreement of --eval-file/--recipe/--check-n, or None with --no-check; 0), or (None, exit code)."""
+    if args.no_check:
+        return None, 0
+    from vlm_sft.data.loading import DataError
+    from vlm_sft.evaluation.agreement import agreement_for
+
+    try:
+        check = agreement_for(
+            args.eval_file, args.image_dir, args.recipe, n=args.check_n, max_new_tokens=args.check_max_new_tokens
+        )
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: the check's questions: {err}", file=sys.stderr)
+        return None, 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
+    return check, 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,18 +107,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(hub_command=command)
 
 
-def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int) -> str:
-    """Greedy reply to the conversation, rendered with the adapter's chat template."""
-    import torch
+def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int, images: list | None = None) -> str:
+    """Greedy reply to the conversation, rendered by the generation path `vlm-sft eval` uses.
 
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    ).to(model.device)
-    with torch.no_grad():
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
-        )
-    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    Images come as `images` (with `{"type": "image"}` placeholders in the messages), or inside the
+    messages' image parts (`{"type": "image", "image": PIL.Image}`).
+    """
+    from vlm_sft.evaluation.generate import generate_answers
+
+    if images is None:
+        images, messages = _images_out_of(messages)
+    reply_slot = {"role": "assistant", "content": [{"type": "text", "text": ""}]}  # split off: only the prompt is used
+    row = {"images": images, "messages": [*messages, reply_slot]}
+    return generate_answers(model, processor, [row], batch_size=1, max_new_tokens=max_new_tokens)[0]
+
+
+def _images_out_of(messages: list[dict]) -> tuple[list, list[dict]]:
+    """(the images inside image parts, the messages with bare `{"type": "image"}` placeholders instead)."""
+    images, plain = [], []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            images += [p["image"] for p in content if p.get("type") == "image" and p.get("image") is not None]
+            content = [{"type": "image"} if p.get("type") == "image" else p for p in content]
+        plain.append({"role": message["role"], "content": content})
+    return images, plain
 
 
 def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
@@ -97,15 +145,43 @@ def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
     return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
 
 
+def _infer_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of infer's arguments, or None."""
+    if args.file:
+        if not args.out:
+            return "--file needs --out ANSWERS.jsonl (appended to; a rerun skips answered ids)."
+        if args.image or args.prompt or args.chat:
+            return "--file takes the images and prompts from the file: drop --image, --prompt and --chat."
+        if args.batch_size < 1:
+            return f"--batch-size must be at least 1, got {args.batch_size}."
+        return None
+    if not args.image:
+        return "give --image (with --prompt, or questions on stdin), or --file QUESTIONS.jsonl --out ANSWERS.jsonl."
+    if args.chat and args.prompt is not None:
+        return "--chat reads the conversation from stdin: drop --prompt."
+    return None
+
+
 def infer(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from vlm_sft.evaluation.batch import QuestionsError, answer_file, read_questions
     from vlm_sft.hub.adapters import load_adapter_model
 
+    problem = _infer_usage(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
-            image = opened.convert("RGB")
+        if args.file:
+            questions = read_questions(args.file)
+        else:
+            with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
+                image = opened.convert("RGB")
+    except QuestionsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as err:
         print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
         return 1
@@ -118,21 +194,47 @@ def infer(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     system = _system_prompt(adapter_dir, args.system)
-    messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.image)
-    for turn, question in enumerate(questions):
-        # The image goes with the first question only; later turns keep it in the history.
-        content = ([{"type": "image", "image": image}] if turn == 0 else []) + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        reply = answer(model, processor, messages, args.max_new_tokens)
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
-        print(reply, flush=True)
+    if args.file:
+        try:
+            answered, skipped = answer_file(
+                model,
+                processor,
+                questions,
+                args.out,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                system_prompt=system,
+            )
+        except (QuestionsError, OSError) as err:  # the answers so far are kept: a rerun continues
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"answered {answered} questions ({skipped} already in {args.out}): {args.out}")
+        return 0
+    _converse(model, processor, image, args, system)
     return 0
 
 
-def _stdin_questions(image: str) -> Iterator[str]:
+def _converse(model: Any, processor: Any, image: Any, args: argparse.Namespace, system: str | None) -> None:
+    """Answer --prompt, or stdin's questions: each on its own, or (--chat) as one conversation."""
+    opening: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    messages = list(opening)
+    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.image, args.chat)
+    for question in questions:
+        if not args.chat:
+            messages = list(opening)  # a fresh question about the image each time
+        # The image goes with the first question only; later turns keep it in the history.
+        first = not any(m["role"] == "user" for m in messages)
+        content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        reply = answer(model, processor, messages, args.max_new_tokens, images=[image])
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        print(reply, flush=True)
+
+
+def _stdin_questions(image: str, chat: bool) -> Iterator[str]:
     """Questions typed on stdin, until an empty line or end of input (prompts go to stderr: stdout is replies)."""
-    print(f"Chat about {image} (empty line or Ctrl-D to end).", file=sys.stderr)
+    what = "A conversation" if chat else "Questions, each on its own,"
+    print(f"{what} about {image} (empty line or Ctrl-D to end).", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline().strip()
@@ -165,8 +267,11 @@ def push(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    from vlm_sft.hub.adapters import merge_adapter
+    from vlm_sft.hub.adapters import MergeCheckError, merge_adapter
 
+    check, code = check_from_args(args)
+    if code:
+        return code
     try:
         out = merge_adapter(
             args.adapter,
@@ -175,11 +280,18 @@ def merge(args: argparse.Namespace) -> int:
             base=args.base,
             base_model_id=args.base_model_id,
             dtype=args.dtype,
+            check=check,
         )
+    except MergeCheckError as err:
+        print(f"error: merge check failed: {err}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:  # OSError: an existing --out, a missing or unloadable base or adapter
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"merged model: {out}")
+    if check is not None:
+        result = check.result
+        print(f"merge check: {result['identical']}/{result['n']} answers identical ({out}/merge_check.json)")
     return 0
 
 

@@ -29,6 +29,7 @@ from vlm_sft.hub.model_card import (
     is_hub_id,
     resolve_base_model,
 )
+from vlm_sft.hub.serving import MERGE_CHECK_FILE, check_paragraph
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +312,10 @@ def load_adapter_model(
     return model, processor, adapter_dir
 
 
+class MergeCheckError(RuntimeError):
+    """The merged model does not answer like the adapter on its base."""
+
+
 def merge_adapter(
     adapter: str | Path,
     out_dir: str | Path,
@@ -319,11 +324,15 @@ def merge_adapter(
     base: str | None = None,
     base_model_id: str | None = None,
     dtype: str = "bfloat16",
+    check: Any = None,
 ) -> Path:
     """Merge the adapter into its base loaded in `dtype` (16-bit, never 4-bit); save model, processor and card.
 
     Everything is written into a hidden sibling folder that is renamed to `out_dir` at the end, so a crash
-    never leaves a folder that looks like a (partial) model.
+    never leaves a folder that looks like a (partial) model. `check` (a `GreedyAgreement`) answers its
+    questions with the adapter on its base before merging and with the merged model reloaded from disk
+    after; the result goes to merge_check.json and the card. A failed check raises `MergeCheckError` and
+    leaves the merge aside in `<out_dir>.failed-check-*` for inspection; the adapter is never touched.
     """
     from transformers import AutoProcessor
 
@@ -335,12 +344,17 @@ def merge_adapter(
     adapter_dir = resolve_adapter(adapter, revision)
     base_name, base_revision = base_of(adapter_dir, base)
     model = attach_adapter(load_base_model(base_name, base_revision, dtype), adapter_dir)
+    processor = AutoProcessor.from_pretrained(adapter_dir)  # processor + chat template travel along
+    if check is not None:
+        check.record(model.eval(), processor)
     merged = model.merge_and_unload()  # W + (alpha / r) * B @ A, and the fully trained projector swapped in
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         merged.save_pretrained(partial)
-        AutoProcessor.from_pretrained(adapter_dir).save_pretrained(partial)  # processor + chat template travel along
+        processor.save_pretrained(partial)
+        del model, merged  # the check reloads what was written, as a user would
+        result = _check_merged(partial, processor, check, dtype) if check is not None else None
         card = build_merged_card(
             adapter_dir,
             adapter_ref=str(adapter),
@@ -349,7 +363,18 @@ def merge_adapter(
             dtype=dtype,
             out_ref=str(out),
         )
+        if result is not None:
+            card.content = card.content.rstrip("\n") + "\n\n" + check_paragraph(result)
         card.save(partial / "README.md")
+        if result is not None and not result["passed"]:
+            failed = out.parent / f"{out.name}.failed-check-{uuid.uuid4().hex[:8]}"
+            os.replace(partial, failed)
+            raise MergeCheckError(
+                f"the merged model answers {result['differ']} of {result['n']} check questions differently from "
+                f"the adapter on its base (first-token logits differ by up to {result['max_abs_logit_diff']:.4g}). "
+                f"Nothing was written to {out}; the failed merge is in {failed} (see {MERGE_CHECK_FILE}); the "
+                f"adapter {adapter} is untouched."
+            )
         if out.exists():
             out.rmdir()  # empty (checked above); fails, keeping both, if something was written there meanwhile
         os.replace(partial, out)
@@ -358,3 +383,14 @@ def merge_adapter(
         raise
     logger.info("Merged %s into %s (%s): %s", adapter, base_name, dtype, out)
     return out
+
+
+def _check_merged(folder: Path, processor: Any, check: Any, dtype: str) -> dict:
+    """Reload the merged folder and compare its greedy answers with the recorded ones; write merge_check.json."""
+    import gc
+
+    gc.collect()  # the merged model in memory is gone before its copy from disk is loaded
+    result = check.compare(load_base_model(str(folder), None, dtype), processor, dtype)
+    (folder / MERGE_CHECK_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    logger.info("Merge check: %d of %d answers identical.", result["identical"], result["n"])
+    return result

@@ -43,6 +43,7 @@ from vlm_sft.hub.run_summary import (
     is_hub_id,
     training_summary,
 )
+from vlm_sft.hub.serving import serving_paragraph
 from vlm_sft.modeling.parameters import adapter_size_mb
 
 logger = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ def adapter_card_values(
         "prompt": DEFAULT_PROMPT,
         "system_prompt": system_prompt,
         "system_prompt_repr": repr(system_prompt),
+        "serving": serving_paragraph(adapter_config, summary),
         "lora_rows": lora_rows(adapter_config, summary, params),
         "quantization": quantization_text(summary),
         "hyperparameter_rows": [(k, table_cell(v)) for k, v in hyper.items()],
