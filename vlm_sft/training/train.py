@@ -17,6 +17,7 @@ from vlm_sft.evaluation.plots import write_loss_plot
 from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
+from vlm_sft.modeling.precision import align_trainable_dtype, check_precision
 from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
 from vlm_sft.training.checkpoints import (
     CheckpointError,
@@ -93,6 +94,7 @@ def check_supported(script_args, training_args, model_args, vision) -> None:
         value = getattr(script_args if hasattr(script_args, key) else training_args, key, default)
         if value != default:
             raise ValueError(f"{key}={value!r} is not supported by vlm-sft: {instead}. Remove it from the recipe.")
+    check_precision(model_args, training_args)  # quantization x mixed precision x dtype, before anything loads
 
 
 def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
@@ -228,6 +230,8 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
             FrozenVisionTowerCallback(parts),
         ],
     )
+    if not engine.shards_weights:  # FSDP / ZeRO-3 keep the one dtype unify_float_dtype gave every weight
+        align_trainable_dtype(trainer.model, training_args)  # after TRL's QLoRA bf16 cast (vlm_sft.modeling.precision)
     trainer.train(resume_from_checkpoint=resume_from)
 
     # ---- Save, then the model card (PEFT and TRL each write their own README.md on save) and push.
