@@ -70,8 +70,9 @@ def check_precision(model_args: Any, training_args: Any) -> None:
         )
     if mp == "no" and dtype == "float16" and quant == "none":
         raise PrecisionError(
-            "dtype: float16 with bf16: false and fp16: false trains float16 weights without loss scaling (the projector "
-            "and updates underflow): set fp16: true (GPU), or dtype: float32 / bfloat16, or load_in_4bit / load_in_8bit."
+            "dtype: float16 with bf16: false and fp16: false trains float16 weights without loss scaling (the "
+            "projector and its updates underflow): set fp16: true (GPU), or dtype: float32 / bfloat16, or "
+            "load_in_4bit / load_in_8bit."
         )
     storage = getattr(model_args, "bnb_4bit_quant_storage", None)
     if quant != "4-bit" and (storage is not None or getattr(model_args, "use_bnb_nested_quant", False)):
