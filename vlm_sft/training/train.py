@@ -18,7 +18,7 @@ from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
 from vlm_sft.modeling.precision import align_trainable_dtype, check_precision
-from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
+from vlm_sft.modeling.setup import LoraTargetError, apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
 from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
@@ -260,4 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except LoraTargetError as err:  # a recipe value checked against the loaded model: still a bad argument
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
