@@ -51,11 +51,6 @@ def _has_fp16_device(training_args: Any) -> bool:
 def check_precision(model_args: Any, training_args: Any) -> None:
     """Refuse, before the model loads, precision keys that would not train or would be ignored."""
     mp, dtype, quant = mixed_precision(training_args), model_args.dtype, quantization(model_args)
-    if mp == "fp16" and not _has_fp16_device(training_args):
-        raise PrecisionError(
-            "fp16: true needs a GPU (accelerate runs float16 autocast with loss scaling on GPUs only; on CPU it would "
-            "silently train without it): set fp16: false (bf16: true or false works on CPU)."
-        )
     if mp == "fp16" and dtype == "bfloat16":
         raise PrecisionError(
             "fp16: true with dtype: bfloat16 mixes two half formats (bfloat16 weights in float16 autocast overflow): "
@@ -73,6 +68,11 @@ def check_precision(model_args: Any, training_args: Any) -> None:
             "dtype: float16 with bf16: false and fp16: false trains float16 weights without loss scaling (the "
             "projector and its updates underflow): set fp16: true (GPU), or dtype: float32 / bfloat16, or "
             "load_in_4bit / load_in_8bit."
+        )
+    if mp == "fp16" and not _has_fp16_device(training_args):
+        raise PrecisionError(
+            "fp16: true needs a GPU (accelerate runs float16 autocast with loss scaling on GPUs only; on CPU it would "
+            "silently train without it): set fp16: false (bf16: true or false works on CPU)."
         )
     storage = getattr(model_args, "bnb_4bit_quant_storage", None)
     if quant != "4-bit" and (storage is not None or getattr(model_args, "use_bnb_nested_quant", False)):
