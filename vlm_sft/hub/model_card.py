@@ -25,6 +25,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from vlm_sft.modeling.parameters import adapter_size_mb
+from vlm_sft.modeling.precision import precision_line, precision_summary
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def training_summary(
             "use_dora": bool(getattr(model_args, "use_dora", False)),
         },
         "quantization": quantization,
+        "training_precision": precision_summary(model_args, training_args),
         "hyperparameters": hyper,
         "framework_versions": framework_versions(quantized),
     }
@@ -487,6 +489,8 @@ def build_adapter_card(
         body += ["", f"Trained with the system prompt {system_prompt!r}: keep it at inference."]
     body += ["", "## LoRA", "", *_lora_lines(adapter_config, summary, params)]
     body += ["", "## Quantization", "", _quantization_line(summary)]
+    if summary.get("training_precision"):
+        body += ["", precision_line(summary["training_precision"])]
     body += ["", "## Training hyperparameters", ""]
     if hyper:
         body += ["| hyperparameter | value |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in hyper.items())]

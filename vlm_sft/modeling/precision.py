@@ -123,3 +123,25 @@ def precision_summary(model_args: Any, training_args: Any) -> dict[str, str]:
     if summary["quantization"] == "4-bit":
         summary["bnb_4bit_quant_storage"] = str(getattr(model_args, "bnb_4bit_quant_storage", None) or "uint8")
     return summary
+
+
+def precision_line(summary: dict[str, str]) -> str:
+    """The model card's sentence for `precision_summary`: what training used, and the `--dtype` to use it in."""
+    storage = f", 4-bit storage {summary['bnb_4bit_quant_storage']}" if "bnb_4bit_quant_storage" in summary else ""
+    dtype = summary.get("dtype", "auto")
+    autocast = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "no autocast"}.get(summary["mixed_precision"])
+    return (
+        f"Training precision: {summary['quantization']} base, dtype {dtype}, {autocast}{storage}. Evaluate, infer and "
+        f"merge in the same dtype: `--dtype {dtype}` (vlm-sft eval / infer / merge)."
+    )
+
+
+def inference_dtype(requested: str, device: str) -> str:
+    """The dtype eval, infer and merge load the base in: `requested`, or for `auto` the fastest that is exact enough
+    on `device` (bfloat16 on a GPU with bf16, float16 on an older GPU, float32 on CPU, where 16-bit matmuls are
+    slow or emulated)."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"

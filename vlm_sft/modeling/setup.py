@@ -70,7 +70,10 @@ _TEXT_TARGETS = {
 _VISION_TARGETS = {
     "qv": ("q_proj", "v_proj", "qkv"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w+"),
+    # MLP linears by name (fc1, linear_fc2, gate_proj, ...): `mlp\.\w+` would also hit the activation module.
+    "all-linear": (
+        *("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w*(fc\d|proj)"),
+    ),
 }
 
 
@@ -247,7 +250,15 @@ def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfi
     if vision.train_vision_tower:
         to_save.append(parts.vision_tower)
     lora.modules_to_save = to_save or None
-    peft_model = get_peft_model(model, lora)
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as err:  # a regex that also matched a module LoRA cannot wrap (an activation, a block)
+        if "is not supported" not in str(err):
+            raise
+        raise LoraTargetError(
+            f"lora_target_modules={model_args.lora_target_modules or vision.lora_target!r} matched a module LoRA "
+            f"cannot adapt ({str(err).split('.')[0]}): only linear layers can be targeted. Narrow the regex to them."
+        ) from err
     matched = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and parts.vision_tower in n]
     if matched and not vision.lora_on_vision_tower:
         raise LoraTargetError(
