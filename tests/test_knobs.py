@@ -115,7 +115,7 @@ def test_qlora_knobs_train(tmp_path, tiny_llava, data, capsys):
     assert any("multi_modal_projector" in k for k in keys) and not any("vision_tower" in k for k in keys)
     assert (out / "checkpoint-2").is_dir(), "save_strategy steps"
     card = (out / "README.md").read_text()
-    assert "bfloat16" in card and "4-bit" in card, "the card records the training precision"
+    assert "Training precision: 4-bit base, dtype bfloat16, bf16 autocast, 4-bit storage bfloat16." in card
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (8, 16, 0.05)
 

@@ -103,3 +103,36 @@ def test_trainable_dtype_rule():
     assert trainable_dtype(quantized=True, mp="fp16") is torch.float32
     assert trainable_dtype(quantized=False, mp="fp16") is torch.float32
     assert trainable_dtype(quantized=False, mp="no") is None
+
+
+def test_eval_infer_and_merge_state_one_dtype_rule(tmp_path):
+    from vlm_sft.hub.adapters import trained_dtype
+    from vlm_sft.modeling.precision import inference_dtype
+
+    assert inference_dtype("auto", "cpu") == "float32"  # 16-bit matmuls are slow or emulated on CPU
+    assert inference_dtype("float16", "cpu") == "float16"  # an explicit --dtype is used as given
+    if torch.cuda.is_available():
+        assert inference_dtype("auto", "cuda") == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert trained_dtype(tmp_path) is None
+    (tmp_path / "training_summary.json").write_text(json.dumps({"training_precision": {"dtype": "float16"}}))
+    assert trained_dtype(tmp_path) == "float16"
+
+
+def test_card_records_the_training_precision():
+    from types import SimpleNamespace
+
+    from vlm_sft.modeling.precision import precision_line, precision_summary
+
+    model_args = SimpleNamespace(
+        load_in_4bit=True, load_in_8bit=False, dtype="float16", bnb_4bit_quant_storage="float16"
+    )
+    summary = precision_summary(model_args, SimpleNamespace(bf16=False, fp16=True))
+    assert summary == {
+        "quantization": "4-bit",
+        "dtype": "float16",
+        "mixed_precision": "fp16",
+        "bnb_4bit_quant_storage": "float16",
+    }
+    line = precision_line(summary)
+    assert line.startswith("Training precision: 4-bit base, dtype float16, fp16 autocast, 4-bit storage float16.")
+    assert "`--dtype float16`" in line
