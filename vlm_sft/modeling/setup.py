@@ -71,9 +71,7 @@ _VISION_TARGETS = {
     "qv": ("q_proj", "v_proj", "qkv"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj"),
     # MLP linears by name (fc1, linear_fc2, gate_proj, ...): `mlp\.\w+` would also hit the activation module.
-    "all-linear": (
-        *("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w*(fc\d|proj)"),
-    ),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", r"mlp\.\w*(fc\d|proj)"),
 }
 
 
