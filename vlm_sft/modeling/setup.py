@@ -179,9 +179,12 @@ def _torch_dtype(name: str | None) -> torch.dtype | str:
 
 
 def load_model(
-    model_args: ModelConfig, trust_remote_code: bool = False, gradient_checkpointing: bool = False
+    model_args: ModelConfig,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    use_cpu: bool = False,
 ) -> tuple[Any, Components]:
-    """Load the base model for training, quantized per the recipe."""
+    """Load the base model for training, quantized per the recipe (on CPU when the recipe says `use_cpu`)."""
     config = AutoConfig.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -190,7 +193,7 @@ def load_model(
     parts = components_for(config)
     quant = quantization_config(model_args, parts)
     device_map = None
-    if quant is not None and torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
+    if quant is not None and torch.cuda.is_available() and not use_cpu and not is_deepspeed_zero3_enabled():
         from accelerate import PartialState
 
         # k-bit weights cannot be moved after loading: each process loads onto its own GPU. Under ZeRO-3

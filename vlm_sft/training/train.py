@@ -175,6 +175,7 @@ def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: Visi
         model_args,
         trust_remote_code=training_args.trust_remote_code,
         gradient_checkpointing=training_args.activation_checkpointing,
+        use_cpu=training_args.use_cpu,  # k-bit weights cannot move after loading: a GPU machine told to use the CPU
     )
     model = apply_lora(model, parts, model_args, vision)
     if engine.shards_weights and model_args.dtype not in (None, "auto"):
