@@ -43,3 +43,23 @@ def test_gpu_benchmark_runs_at_cpu_smoke_size(tmp_path):
     modes = {(r["mode"], r["activation_checkpointing"]) for r in result["results"]}
     assert modes == {("qlora", False), ("qlora", True), ("bf16-lora", False), ("bf16-lora", True)}
     assert all(r["tokens_per_second"] > 0 and r["loss"] > 0 for r in result["results"]), stdout
+
+
+@pytest.mark.slow
+def test_precision_check_runs_the_real_trainer_and_reports_each_row(tmp_path):
+    out = tmp_path / "precision.json"
+    stdout = _run(
+        "gpu_precision.py",
+        "--cpu",
+        "--steps",
+        "1",
+        "--only",
+        "4-bit/no/float32",
+        "none/fp16/float32",
+        "--out",
+        str(out),
+    )
+    rows = {r["combo"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["4-bit/no/float32"]["exit"] == 0 and rows["4-bit/no/float32"]["loss_finite"] is True
+    assert rows["none/fp16/float32"]["exit"] == 2 and "fp16: true needs a GPU" in rows["none/fp16/float32"]["error"]
+    assert "| 4-bit/no/float32 | trains | yes |" in stdout

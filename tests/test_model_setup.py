@@ -68,9 +68,58 @@ def test_presets_and_vision_opt_in(tiny_llava):
     assert not any(".multi_modal_projector." in n for n in _lora_modules(model))
 
 
-def test_plain_names_that_hit_the_vision_tower_are_refused(tiny_llava):
-    with pytest.raises(ValueError, match="vision-tower modules"):
-        _setup(tiny_llava, lora_target_modules=["q_proj", "v_proj"])
+@pytest.mark.parametrize("value", ["q_proj", ["q_proj", "v_proj"], ["self_attn.q_proj"]])
+def test_target_names_match_by_name_inside_the_language_model(tiny_llava, value):
+    model, _ = _setup(tiny_llava, lora_target_modules=value)
+    lora = _lora_modules(model)
+    names = {value} if isinstance(value, str) else {v.rsplit(".", 1)[-1] for v in value}
+    assert lora and all(".language_model." in n for n in lora)
+    assert {n.rsplit(".", 1)[-1] for n in lora} == names
+    config = model.base_model.model.config.text_config
+    assert len(lora) == len(names) * config.num_hidden_layers
+
+
+def test_target_names_reach_the_vision_tower_only_when_asked(tiny_llava):
+    model, _ = _setup(tiny_llava, VisionArguments(lora_on_vision_tower=True), lora_target_modules="q_proj")
+    lora = _lora_modules(model)
+    assert any(".vision_tower." in n for n in lora) and any(".language_model." in n for n in lora)
+    assert {n.rsplit(".", 1)[-1] for n in lora} == {"q_proj"}
+
+
+def test_target_regex_matches_full_paths(tiny_llava):
+    model, _ = _setup(tiny_llava, lora_target_modules=r"model\.language_model\.layers\.0\.self_attn\.(q|k)_proj")
+    assert sorted(n.split("model.language_model.", 1)[1] for n in _lora_modules(model)) == [
+        "layers.0.self_attn.k_proj",
+        "layers.0.self_attn.q_proj",
+    ]
+
+
+def test_target_regex_that_hits_the_vision_tower_is_refused(tiny_llava):
+    from vlm_sft.modeling.setup import LoraTargetError
+
+    with pytest.raises(LoraTargetError, match="vision-tower modules"):
+        _setup(tiny_llava, lora_target_modules=r".*\.q_proj")
+
+
+@pytest.mark.parametrize("value", ["qproj", ["nope", "nada"], r"model\.language_model\..*\.query"])
+def test_target_that_matches_nothing_lists_the_language_models_linear_layers(tiny_llava, value):
+    from vlm_sft.modeling.setup import LoraTargetError
+
+    with pytest.raises(LoraTargetError) as err:
+        _setup(tiny_llava, lora_target_modules=value)
+    message = str(err.value)
+    assert "matches no linear layer" in message and "\n" not in message
+    assert "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in message
+    assert "fc1" not in message, "vision-tower names are not offered"
+
+
+def test_target_list_with_a_regex_and_peft_all_linear_are_refused(tiny_llava):
+    from vlm_sft.modeling.setup import LoraTargetError
+
+    with pytest.raises(LoraTargetError, match="a list holds module names"):
+        _setup(tiny_llava, lora_target_modules=["q_proj", ".*v_proj"])
+    with pytest.raises(LoraTargetError, match="lora_target: all-linear"):
+        _setup(tiny_llava, lora_target_modules="all-linear")
 
 
 def test_unknown_family_is_refused_not_guessed():

@@ -42,7 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--numeric-tolerance", type=float, default=0.0, help="absolute error still counted right")
     parser.add_argument("--worst", type=int, default=10, help="at most N examples that lost points, per adapter")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="base model dtype; auto: bfloat16 on a GPU with bf16, float16 on an older GPU, float32 on CPU. "
+        "The adapter's card names the dtype it was trained in.",
+    )
 
 
 def _from_recipe(args: argparse.Namespace):

@@ -53,7 +53,12 @@ def _add_infer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="with --file")
     parser.add_argument("--system", default=None, help="system prompt (default: the one the adapter was trained with)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 on a GPU with bf16, float16 on an older GPU, float32 on CPU (as vlm-sft eval)",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: the GPUs when there are")
 
 
@@ -185,10 +190,14 @@ def infer(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
         return 1
+    from vlm_sft.modeling.precision import inference_dtype
+
     device_map = "auto" if args.device == "auto" and torch.cuda.is_available() else None
+    dtype = inference_dtype(args.dtype, "cuda" if device_map else "cpu")
+    print(f"infer: base model in {dtype} on {'the GPUs' if device_map else 'CPU'}", file=sys.stderr)
     try:
         model, processor, adapter_dir = load_adapter_model(
-            args.adapter, revision=args.revision, base=args.base, dtype=args.dtype, device_map=device_map
+            args.adapter, revision=args.revision, base=args.base, dtype=dtype, device_map=device_map
         )
     except (ValueError, OSError) as err:  # OSError: also a base or adapter transformers/PEFT cannot load
         print(f"error: {err}", file=sys.stderr)
@@ -288,7 +297,7 @@ def merge(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # OSError: an existing --out, a missing or unloadable base or adapter
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"merged model: {out}")
+    print(f"merged model: {out} ({args.dtype})")
     if check is not None:
         result = check.result
         print(f"merge check: {result['identical']}/{result['n']} answers identical ({out}/merge_check.json)")

@@ -31,6 +31,7 @@ from vlm_sft.evaluation.report import (
     write_report,
 )
 from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
+from vlm_sft.modeling.precision import inference_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +190,8 @@ def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> Eva
 def _device_and_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":  # bf16 where it is fast; fp32 on CPU, where bf16 matmuls are slow or emulated
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    dtype = inference_dtype(dtype, device)  # the one rule eval, infer and merge share
+    logger.info("Scoring in %s on %s.", dtype, device)
     return device, getattr(torch, dtype)
 
 

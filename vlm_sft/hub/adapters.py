@@ -312,6 +312,15 @@ def load_adapter_model(
     return model, processor, adapter_dir
 
 
+def trained_dtype(adapter_dir: Path) -> str | None:
+    """The `dtype` the run trained with, from its training_summary.json (None when not recorded)."""
+    try:
+        summary = json.loads((adapter_dir / "training_summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (summary.get("training_precision") or {}).get("dtype")
+
+
 class MergeCheckError(RuntimeError):
     """The merged model does not answer like the adapter on its base."""
 
@@ -343,6 +352,11 @@ def merge_adapter(
         raise FileExistsError(f"{out} is not empty: merge into a new folder.")
     adapter_dir = resolve_adapter(adapter, revision)
     base_name, base_revision = base_of(adapter_dir, base)
+    trained = trained_dtype(adapter_dir)
+    if trained not in (None, "auto", dtype):  # legitimate (fp32 training, 16-bit serving), but say so
+        logger.warning(
+            "%s was trained with dtype %s; merging in %s (--dtype %s to match).", adapter, trained, dtype, trained
+        )
     model = attach_adapter(load_base_model(base_name, base_revision, dtype), adapter_dir)
     processor = AutoProcessor.from_pretrained(adapter_dir)  # processor + chat template travel along
     if check is not None:

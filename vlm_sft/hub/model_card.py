@@ -45,6 +45,7 @@ from vlm_sft.hub.run_summary import (
 )
 from vlm_sft.hub.serving import serving_paragraph
 from vlm_sft.modeling.parameters import adapter_size_mb
+from vlm_sft.modeling.precision import precision_line
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ def adapter_card_values(
         "system_prompt": system_prompt,
         "system_prompt_repr": repr(system_prompt),
         "serving": serving_paragraph(adapter_config, summary),
+        "precision": precision_line(summary["training_precision"]) if summary.get("training_precision") else None,
         "lora_rows": lora_rows(adapter_config, summary, params),
         "quantization": quantization_text(summary),
         "hyperparameter_rows": [(k, table_cell(v)) for k, v in hyper.items()],

@@ -13,6 +13,8 @@ from typing import Any
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from vlm_sft.modeling.precision import precision_summary
+
 SUMMARY_FILE = "training_summary.json"
 _VERSIONS = ("vlm-sft", "transformers", "peft", "trl", "torch", "accelerate", "datasets", "huggingface_hub")
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt", ".zip")
@@ -105,6 +107,7 @@ def training_summary(
         "num_train_samples": num_train,
         "num_eval_samples": num_eval,
         "system_prompt": vision.system_prompt,
+        "training_precision": precision_summary(model_args, training_args),
         "lora": {
             "preset": None if model_args.lora_target_modules else vision.lora_target,
             "target_modules_override": model_args.lora_target_modules,

@@ -16,6 +16,7 @@ TEXT_TARGETS: dict[str, tuple[str, ...]] = {
 VISION_TARGETS: dict[str, tuple[str, ...]] = {
     "qv": ("q_proj", "v_proj", "qkv"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w+"),
+    # MLP linears by name (fc1, linear_fc2, gate_proj, ...): `mlp\.\w+` would also hit the activation module.
+    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", r"mlp\.\w*(fc\d|proj)"),
 }
 LORA_TARGET_PRESETS: tuple[str, ...] = tuple(TEXT_TARGETS)

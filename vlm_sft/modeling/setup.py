@@ -86,13 +86,64 @@ def _module_outline(config: Any) -> list[str]:
 
 def lora_target_regex(parts: Components, preset: str, on_vision_tower: bool = False) -> str:
     """A PEFT target regex (full match on module names) scoped to the language model, optionally the vision tower."""
-    text = rf"{re.escape(parts.language_model)}\..*\.({'|'.join(TEXT_TARGETS[preset])})"
+    return _scoped_regex(parts, TEXT_TARGETS[preset], VISION_TARGETS[preset], on_vision_tower)
+
+
+def _scoped_regex(parts: Components, text: tuple[str, ...], vision: tuple[str, ...], on_vision_tower: bool) -> str:
+    """Regex alternatives of module names, inside the language model (and the vision tower, projector excluded)."""
+    in_text = rf"{re.escape(parts.language_model)}\..*\.({'|'.join(text)})"
     if not on_vision_tower:
-        return text
+        return in_text
     # The projector sits inside Qwen's vision module: it is trained fully, never LoRA'd.
     not_projector = "".join(rf"(?!{re.escape(p)}\.)" for p in parts.projectors)
-    vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(VISION_TARGETS[preset])})"
-    return rf"({text}|{vision})"
+    in_vision = rf"{not_projector}{re.escape(parts.vision_tower)}\..*\.({'|'.join(vision)})"
+    return rf"({in_text}|{in_vision})"
+
+
+class LoraTargetError(ValueError):
+    """`lora_target_modules` that matches nothing, or the vision tower without `lora_on_vision_tower`."""
+
+
+_NAME = re.compile(r"[\w.]+")  # a module name (`q_proj`, `self_attn.q_proj`): no regex syntax
+
+
+def user_target_regex(parts: Components, value: str | list[str], on_vision_tower: bool = False) -> str:
+    """The README's `lora_target_modules` rule: names (one or a list) match by name, scoped to the language model
+    unless `on_vision_tower`; any other single string is a regex over full module paths, used as given."""
+    names = [value] if isinstance(value, str) else list(value)
+    if isinstance(value, str) and not _NAME.fullmatch(value):
+        if value == "all-linear":  # PEFT's shorthand would take every linear layer, the vision tower's included
+            raise LoraTargetError(
+                "lora_target_modules='all-linear' would put LoRA on the vision tower too: use lora_target: all-linear "
+                "(every linear layer of the language model) instead."
+            )
+        return value
+    regexes = [n for n in names if not _NAME.fullmatch(n)]
+    if regexes:
+        raise LoraTargetError(
+            f"lora_target_modules={value!r}: a list holds module names (like q_proj); {regexes[0]!r} is not one. "
+            "Give a regex over full module paths as a single string instead."
+        )
+    escaped = tuple(re.escape(n) for n in names)
+    return _scoped_regex(parts, escaped, escaped, on_vision_tower)
+
+
+def linear_layer_names(model: torch.nn.Module, scope: str) -> list[str]:
+    """The distinct names (last path part) of linear layers under `scope`: what LoRA can target there."""
+    inside = [(n, m) for n, m in model.named_modules() if n.startswith(scope + ".")]
+    return sorted({n.rsplit(".", 1)[-1] for n, m in inside if isinstance(m, torch.nn.Linear)})
+
+
+def check_targets_match(model: torch.nn.Module, parts: Components, regex: str, value: object) -> None:
+    """Refuse a target that matches no linear layer, naming the language model's linear layers to choose from."""
+    if any(isinstance(m, torch.nn.Linear) and re.fullmatch(regex, n) for n, m in model.named_modules()):
+        return
+    names = ", ".join(linear_layer_names(model, parts.language_model))
+    raise LoraTargetError(
+        f"lora_target_modules={value!r} matches no linear layer of this model. Linear layers of the language model "
+        f"({parts.language_model}): {names}. Give some of these names, a regex over full module paths "
+        f"(e.g. '{re.escape(parts.language_model)}\\..*\\.q_proj'), or lora_target: qv | attention | all-linear."
+    )
 
 
 def quantization_config(model_args: ModelConfig, parts: Components) -> BitsAndBytesConfig | None:
@@ -114,9 +165,12 @@ def _torch_dtype(name: str | None) -> torch.dtype | str:
 
 
 def load_model(
-    model_args: ModelConfig, trust_remote_code: bool = False, gradient_checkpointing: bool = False
+    model_args: ModelConfig,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    use_cpu: bool = False,
 ) -> tuple[Any, Components]:
-    """Load the base model for training, quantized per the recipe."""
+    """Load the base model for training, quantized per the recipe (on CPU when the recipe says `use_cpu`)."""
     config = AutoConfig.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -125,7 +179,7 @@ def load_model(
     parts = components_for(config)
     quant = quantization_config(model_args, parts)
     device_map = None
-    if quant is not None and torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
+    if quant is not None and torch.cuda.is_available() and not use_cpu and not is_deepspeed_zero3_enabled():
         from accelerate import PartialState
 
         # k-bit weights cannot be moved after loading: each process loads onto its own GPU. Under ZeRO-3
@@ -168,7 +222,10 @@ def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfi
     lora: LoraConfig | None = get_peft_config(model_args)
     if lora is None:
         raise ValueError("model_args.use_peft is false: vlm-sft trains LoRA adapters only; set use_peft=True.")
-    if not model_args.lora_target_modules:
+    if model_args.lora_target_modules:
+        lora.target_modules = user_target_regex(parts, model_args.lora_target_modules, vision.lora_on_vision_tower)
+        check_targets_match(model, parts, lora.target_modules, model_args.lora_target_modules)
+    else:
         lora.target_modules = lora_target_regex(parts, vision.lora_target, vision.lora_on_vision_tower)
     to_save = list(model_args.lora_modules_to_save or [])
     if vision.train_projector:
@@ -180,10 +237,18 @@ def apply_lora(model: torch.nn.Module, parts: Components, model_args: ModelConfi
     if vision.train_vision_tower:
         to_save.append(parts.vision_tower)
     lora.modules_to_save = to_save or None
-    peft_model = get_peft_model(model, lora)
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as err:  # a regex that also matched a module LoRA cannot wrap (an activation, a block)
+        if "is not supported" not in str(err):
+            raise
+        raise LoraTargetError(
+            f"lora_target_modules={model_args.lora_target_modules or vision.lora_target!r} matched a module LoRA "
+            f"cannot adapt ({str(err).split('.')[0]}): only linear layers can be targeted. Narrow the regex to them."
+        ) from err
     matched = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and parts.vision_tower in n]
     if matched and not vision.lora_on_vision_tower:
-        raise ValueError(
+        raise LoraTargetError(
             f"lora_target_modules={model_args.lora_target_modules!r} matched {len(matched)} vision-tower modules "
             f"(e.g. {matched[0]}). Scope the names to the language model (e.g. a regex starting with "
             f"'{parts.language_model}\\.') or set lora_on_vision_tower: true."

@@ -19,7 +19,9 @@ class VisionArguments:
         eval_fraction: Fraction of `train_file` held out for evaluation when there is no `eval_file` (seeded).
         system_prompt: System message prepended to every conversation.
         lora_target: LoRA preset on the language model (`qv`, `attention`, `all-linear`); TRL's
-            `lora_target_modules` (names or a regex) takes precedence when set.
+            `lora_target_modules` takes precedence when set: a name or list of names matches modules by name
+            inside the language model (and the vision tower with `lora_on_vision_tower`), any other string is a
+            regex over full module paths; no match is refused (`vlm_sft.modeling.setup.user_target_regex`).
         lora_on_vision_tower: Also put LoRA on the vision tower's layers.
         train_projector: Train the multimodal projector fully (saved with the adapter).
         train_vision_tower: Train the vision tower fully (memory hungry; off in every recipe).

@@ -19,7 +19,8 @@ from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.logs import setup_logging
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
-from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
+from vlm_sft.modeling.precision import align_trainable_dtype, check_precision
+from vlm_sft.modeling.setup import LoraTargetError, apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
 from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
@@ -102,6 +103,7 @@ def check_supported(script_args, training_args, model_args, vision) -> None:
         value = getattr(script_args if hasattr(script_args, key) else training_args, key, default)
         if value != default:
             raise ValueError(f"{key}={value!r} is not supported by vlm-sft: {instead}. Remove it from the recipe.")
+    check_precision(model_args, training_args)  # quantization x mixed precision x dtype, before anything loads
 
 
 def _too_long(dataset, collator: VisionSFTCollator) -> dict[int, int]:
@@ -191,6 +193,7 @@ def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: Visi
         model_args,
         trust_remote_code=training_args.trust_remote_code,
         gradient_checkpointing=training_args.activation_checkpointing,
+        use_cpu=training_args.use_cpu,  # k-bit weights cannot move after loading: a GPU machine told to use the CPU
     )
     model = apply_lora(model, parts, model_args, vision)
     if engine.shards_weights and model_args.dtype not in (None, "auto"):
@@ -246,6 +249,8 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
             FrozenVisionTowerCallback(parts),
         ],
     )
+    if not engine.shards_weights:  # FSDP / ZeRO-3 keep the one dtype unify_float_dtype gave every weight
+        align_trainable_dtype(trainer.model, training_args)  # after TRL's QLoRA bf16 cast (vlm_sft.modeling.precision)
     trainer.train(resume_from_checkpoint=resume_from)
 
     # ---- Save, then the model card (PEFT and TRL each write their own README.md on save) and push.
@@ -276,4 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except LoraTargetError as err:  # a recipe value checked against the loaded model: still a bad argument
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
