@@ -61,7 +61,7 @@ def test_verdicts_fewest_steps_then_time_and_lowest_final_loss():
 def test_launch_runs_each_training_under_the_launcher(monkeypatch):
     calls = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
-    sweep._train(["r.yaml", "--lora_r", "4"], ["accelerate", "launch", "--num_processes", "2"])
+    sweep.run_training(["r.yaml", "--lora_r", "4"], ["accelerate", "launch", "--num_processes", "2"])
     assert calls == [["accelerate", "launch", "--num_processes", "2", "-m", "vlm_sft.cli", "train", "r.yaml",
                       "--lora_r", "4"]]  # fmt: skip
 

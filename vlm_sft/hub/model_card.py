@@ -387,6 +387,13 @@ def _loss_lines(losses: dict) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows)]
 
 
+def kept_lines(kept: dict | None) -> list[str]:
+    """The card's sentence on which step's adapter this is and why (from training_summary.json's `kept`)."""
+    if not kept:
+        return []
+    return ["", f"This adapter is the one from step {kept['step']}: {kept['reason']}."]
+
+
 def _metadata(
     *,
     base: str | None,
@@ -499,7 +506,7 @@ def build_adapter_card(
     else:
         body.append("Not recorded (no `training_summary.json` in the run's folder).")
     body += ["", "## Trainable parameters", "", *_params_lines(params, adapter_size_mb(out))]
-    body += ["", "## Results", "", *_loss_lines(losses)]
+    body += ["", "## Results", "", *_loss_lines(losses), *kept_lines(summary.get("kept"))]
     if (out / "loss.png").is_file():
         body += ["", "![Training loss](loss.png)"]
     report = _read_json(out / "eval_report.json")
@@ -574,10 +581,16 @@ def write_training_card(
     *,
     num_train: int | None = None,
     num_eval: int | None = None,
+    kept: dict | None = None,
 ) -> Path:
-    """At the end of training: record the summary and write our card over PEFT's/TRL's README.md."""
+    """At the end of training: record the summary and write our card over PEFT's/TRL's README.md.
+
+    `kept` (`vlm_sft.training.scoring.kept_step`) says which step's adapter is the result and why.
+    """
     out = Path(output_dir)
     summary = training_summary(script_args, training_args, model_args, vision, num_train=num_train, num_eval=num_eval)
+    if kept is not None:
+        summary["kept"] = kept
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     card = build_adapter_card(out, require_hub_base=False)  # the push rewrites it with the repo id
     path = out / "README.md"
