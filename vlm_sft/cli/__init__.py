@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("vlm_sft.cli.hub", "Merge an adapter into its 16-bit base; save model, processor and card."),
     "eval": ("vlm_sft.cli.eval", "Score base model vs adapters by generation on held-out data; write a report."),
     "estimate": ("vlm_sft.cli.estimate", "Estimate training memory for a model and recipe."),
+    "curve": ("vlm_sft.cli.curve", "Score against amount of training data: nested subsets, one run per point."),
 }
 
 
