@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worst", type=int, default=10, help="worst examples listed per adapter")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--probe-file",
+        metavar="FILE|default",
+        help="also score drift from the base model's answers on prompts outside the training data: a JSON(L) "
+        'file of {"question", "image"}, or "default" (generic questions about the eval images)',
+    )
 
 
 def _from_recipe(args: argparse.Namespace):
@@ -64,6 +70,22 @@ def _from_recipe(args: argparse.Namespace):
     if not args.out and training.output_dir:
         args.out = str(Path(training.output_dir) / "eval")
     return recipe
+
+
+def _probe(args: argparse.Namespace, eval_set, report: dict) -> dict:
+    """Drift of every adapter from the base model on the probe (the default one, or --probe-file)."""
+    from vlm_sft.evaluation.probe import default_probe, load_probe, probe_models
+
+    if not any(m["kind"] == "adapter" for m in report["models"]):
+        raise ValueError("--probe-file measures how adapters drift from the base model: give at least one adapter.")
+    if args.probe_file == "default":
+        rows = default_probe(eval_set.rows)
+        if not rows:
+            raise ValueError("--probe-file default asks about the eval set's images, and it has none: give a file.")
+    else:
+        rows = load_probe(args.probe_file, args.system_prompt)
+    options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "device": args.device}
+    return probe_models(rows, report, **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,10 +137,19 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
         )
+        if args.probe_file:
+            report["probe"] = _probe(args, eval_set, report)
     except (DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     paths = write_report(report, args.out or "eval_report")
     print(format_table(report))
+    if args.probe_file:
+        from vlm_sft.evaluation.probe import format_probe
+
+        section = format_probe(report["probe"])
+        with paths["md"].open("a") as md:  # the same report: eval_report.md ends with the drift section
+            md.write("\n" + section)
+        print(section)
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0
