@@ -181,3 +181,60 @@ def test_early_stopping_stops_a_run_that_stopped_improving(tiny_llava, digits, t
     assert len(evals) == 2 and state["global_step"] == 2 * 2  # 32 examples / 16 per step = 2 steps per epoch
     kept = json.loads((tmp_path / "out" / "training_summary.json").read_text())["kept"]
     assert kept["early_stopped"] and kept["step"] == 2 and "stopped early at step 4" in kept["reason"]
+
+
+@pytest.mark.slow
+def test_two_processes_answer_their_shards_and_log_the_single_process_score(tiny_llava, digits, tmp_path):
+    """Two CPU ranks each answer part of 7 scored examples; the gathered score is the one a single process gets
+    from the same adapter on the same subset."""
+    import subprocess
+    import sys
+
+    from test_distributed import free_port, subprocess_env
+
+    from vlm_sft.evaluation.generate import AdapterSpec, eval_set_from_dataset, evaluate_models
+    from vlm_sft.training.recipe import eval_split, load_recipe
+
+    recipe = _recipe(tmp_path, tiny_llava, digits, n_train=32, n_eval=20)
+    bin_dir = Path(sys.executable).parent
+    command = [bin_dir / "accelerate", "launch", "--config_file", REPO / "recipes/accelerate_configs/cpu_ddp.yaml"]
+    command += ["--main_process_port", str(free_port()), REPO / "scripts/sft_vlm.py", recipe]
+    command += ["--max_steps", "3", "--eval_strategy", "steps", "--eval_steps", "3", "--eval_generate", "true"]
+    command += ["--eval_generate_limit", "7", "--per_device_train_batch_size", "4"]
+    done = subprocess.run(
+        [str(c) for c in command], cwd=REPO, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.stdout.count("scored 7 eval answers by generation") == 1  # printed once, by the main process
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    logged = next(e for e in state["log_history"] if "eval_exact_match" in e)
+
+    parsed = load_recipe(recipe)
+    subset = eval_split(parsed).select(scored_subset(20, 7, seed=parsed[1].seed))
+    report = evaluate_models(
+        eval_set_from_dataset(subset, "subset"),
+        [AdapterSpec(str(tmp_path / "out"), name="run")],
+        include_base=False,
+        max_new_tokens=4,
+        progress=False,
+    )
+    metrics = report["models"][0]["metrics"]
+    assert logged["eval_exact_match"] == pytest.approx(metrics["exact_match"])
+    assert logged["eval_token_f1"] == pytest.approx(metrics["token_f1"])
+
+
+@pytest.mark.slow
+def test_scored_evaluation_with_qlora_and_activation_checkpointing(tiny_llava, digits, tmp_path, capsys):
+    """Generation during evaluation on a 4-bit base with activation checkpointing on (bitsandbytes on CPU)."""
+    pytest.importorskip("bitsandbytes")  # an optional dependency: QLoRA needs it wherever it runs
+    from vlm_sft.training.train import main
+
+    recipe = _recipe(tmp_path, tiny_llava, digits, n_train=32, n_eval=8)
+    argv = [str(recipe), "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2"]
+    argv += ["--eval_generate", "true", "--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4"]
+    argv += ["--dtype", "bfloat16", "--bf16", "true"]
+    argv += ["--activation_checkpointing", "true"]
+    assert main(argv) == 0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_exact_match" in e] == [2]
+    assert "scored 8 eval answers by generation" in capsys.readouterr().out

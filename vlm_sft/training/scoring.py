@@ -104,7 +104,10 @@ class ScoredSFTTrainer(SFTTrainer):
         if self.scorer is not None and description == "Evaluation":
             prefix = kwargs.get("metric_key_prefix", "eval")
             model = self.accelerator.unwrap_model(self.model)  # DDP's wrapper has no generate()
-            output.metrics.update(self.scorer(model, self.accelerator, prefix))
+            # Accelerate's mixed precision wraps only the prepared model's forward, which generate() bypasses: a
+            # 4-bit base in bf16 feeding an fp32 projector needs the same autocast here.
+            with self.accelerator.autocast():
+                output.metrics.update(self.scorer(model, self.accelerator, prefix))
         return output
 
     def create_optimizer(self, model=None):
