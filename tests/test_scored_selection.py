@@ -44,8 +44,7 @@ def test_flat_metrics_name_every_headline_score_with_the_prefix():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["--eval_generate", "true"], "eval_generate: true needs evaluations"),
-        (["--eval_strategy", "epoch", "--metric_for_best_model", "eval_token_f1"], "set eval_generate: true"),
+        (["--eval_strategy", "epoch", "--eval_generate", "false"], "set eval_generate: true"),
         (["--early_stopping_patience", "2"], "early_stopping_patience needs evaluations"),
         (["--vision_tower_lr", "1e-5"], "the vision tower is not trained"),
         (["--projector_lr", "0"], "projector_lr must be a positive number"),

@@ -102,8 +102,8 @@ def check_supported(script_args, training_args, model_args, vision) -> None:
 def check_scored_selection(training_args: SFTConfig, vision: VisionArguments) -> None:
     """eval_generate, metric_for_best_model, early stopping and part learning rates: refuse what would fail late."""
     evaluates = training_args.eval_strategy != "no"
-    if vision.eval_generate and not evaluates:
-        raise ValueError("eval_generate: true needs evaluations: set eval_strategy: epoch (or steps with eval_steps).")
+    if vision.eval_generate and not evaluates:  # a recipe may keep it on for the runs that turn evaluation on
+        logger.info("eval_generate is on but eval_strategy is no: nothing is scored during this run.")
     metric = (training_args.metric_for_best_model or "").removeprefix("eval_")
     if metric in FLAT_NAMES.values() and evaluates and not vision.eval_generate:
         raise ValueError(
