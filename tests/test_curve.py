@@ -63,7 +63,7 @@ def test_summary_averages_seeds_and_the_sentence_reports_the_last_gain():
     assert gain["sentence"].startswith("Doubling the data (50 -> 100 examples) changed exact_match by +0.500 (95 %")
     assert last_gain(rows[:1], "exact_match") is None
     rows[0]["examples"] = 25
-    assert "x4" in last_gain(rows, "exact_match")["sentence"]
+    assert last_gain(rows, "exact_match")["sentence"].startswith("Going from 25 to 100 examples (x4, 2 doublings)")
 
 
 def test_plan_lists_every_point_and_what_is_done():
@@ -119,3 +119,9 @@ def test_small_curve_rises_writes_three_files_and_resumes(tiny_llava, digits, tm
     again = capsys.readouterr().out
     assert "2 points, 0 to train (2 finished)" in again
     assert json.loads((out / "curve.json").read_text())["points"] == result["points"]
+
+    assert main([*argv, "--max-new-tokens", "4", "--limit", "24"]) == 0  # another scoring: rescored, not retrained
+    assert "0 to train (2 finished)" in capsys.readouterr().out
+    rescored = json.loads((out / "curve.json").read_text())
+    assert rescored["eval_n"] == 24 and all(p["scoring"]["limit"] == 24 for p in rescored["points"])
+    assert [p["train_seconds"] for p in rescored["points"]] == [p["train_seconds"] for p in result["points"]]

@@ -50,6 +50,11 @@ class CurvePlan:
             raise ValueError(f"--metric must be one of {', '.join(METRICS)}; got {self.metric!r}.")
 
 
+def scoring_key(plan: CurvePlan) -> dict:
+    """What a stored score depends on: a finished point scored otherwise is rescored (never retrained)."""
+    return {"metric": plan.metric, "limit": plan.eval_limit, "max_new_tokens": plan.max_new_tokens}
+
+
 def point_name(fraction: float, seed: int) -> str:
     return f"f{fraction:g}-s{seed}"
 
@@ -169,20 +174,19 @@ def run_point(plan: CurvePlan, point: dict, data: Path, eval_set: Any, base: str
     out = Path(plan.out) / "runs" / point["name"]
     start = time.perf_counter()
     run_training(point_argv(plan, point, data, out), launch)
-    values = score_model(plan, eval_set, base, out)
-    low, high = bootstrap_interval(values)
-    result = {
-        **point,
-        "score": sum(values) / len(values),
-        "low": low,
-        "high": high,
-        "train_seconds": _train_seconds(out),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "output_dir": str(out),
-        "per_example": values,
-    }
+    result = {**point, "train_seconds": _train_seconds(out), "output_dir": str(out)}
+    result = rescore(plan, result, eval_set, base)
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out / "point.json").write_text(json.dumps(result) + "\n")
     return result
+
+
+def rescore(plan: CurvePlan, point: dict, eval_set: Any, base: str) -> dict:
+    """The point with its adapter's per-example values, mean and interval under the plan's scoring."""
+    values = score_model(plan, eval_set, base, Path(point["output_dir"]))
+    low, high = bootstrap_interval(values)
+    scored = {"score": sum(values) / len(values), "low": low, "high": high, "scoring": scoring_key(plan)}
+    return {**point, **scored, "per_example": values}
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -220,17 +224,18 @@ def last_gain(summary: list[dict], metric: str) -> dict | None:
     gain, low, high = paired_difference(large["per_example"], small["per_example"])
     ratio = large["examples"] / small["examples"]
     doublings = math.log2(ratio) if ratio > 1 else 1.0
-    what = "Doubling the data" if abs(ratio - 2) < 0.05 else f"Going x{ratio:.3g} in data ({doublings:.2g} doublings)"
+    if abs(ratio - 2) < 0.05:
+        what = f"Doubling the data ({small['examples']} -> {large['examples']} examples)"
+    else:
+        sizes = f"{small['examples']} to {large['examples']} examples"
+        what = f"Going from {sizes} (x{ratio:.3g}, {doublings:.2g} doublings)"
     if low > 0:
         verdict = "so more data of this kind still helps"
     elif high < 0:
         verdict = "so the larger set scored worse: look at what the added examples teach"
     else:
         verdict = "an interval that includes 0: more of the same data may not help; look at the worst examples"
-    sentence = (
-        f"{what} ({small['examples']} -> {large['examples']} examples) changed {metric} by {gain:+.3f} "
-        f"(95 % interval {low:+.3f} to {high:+.3f}), {verdict}."
-    )
+    sentence = f"{what} changed {metric} by {gain:+.3f} (95 % interval {low:+.3f} to {high:+.3f}), {verdict}."
     per_doubling = gain / doublings
     return {"from": small["examples"], "to": large["examples"], "gain": gain, "low": low, "high": high,
             "gain_per_doubling": per_doubling, "sentence": sentence}  # fmt: skip
@@ -314,6 +319,10 @@ def run_curve(plan: CurvePlan, *, only: list[str] | None = None, launch: list[st
             finished[p["name"]] = json.loads(marker.read_text())
     print(format_plan(points, set(finished), _seconds_per_step(list(finished.values()))), flush=True)
     subsets = {i: nested_subsets(len(train_ds), plan.fractions, _recipe_seed(recipe) + i) for i in range(plan.seeds)}
+    for name, p in finished.items():
+        if p.get("scoring") != scoring_key(plan):  # e.g. another --limit or --max-new-tokens: same adapter, rescored
+            finished[name] = rescore(plan, p, eval_set, base)
+            (out / "runs" / name / "point.json").write_text(json.dumps(finished[name]) + "\n")
     for p in points:
         if p["name"] in finished or (only and p["name"] not in only):
             continue
@@ -326,10 +335,11 @@ def run_curve(plan: CurvePlan, *, only: list[str] | None = None, launch: list[st
         if left and rate:
             print(f"curve: {p['name']} done; about {left * rate:.0f} s of training left", flush=True)
     base_file = out / "base.json"
-    if not base_file.is_file():
-        values = score_model(plan, eval_set, base, None)
-        base_file.write_text(json.dumps({"per_example": values}) + "\n")
-    base_values = json.loads(base_file.read_text())["per_example"]
+    stored = json.loads(base_file.read_text()) if base_file.is_file() else {}
+    if stored.get("scoring") != scoring_key(plan):
+        stored = {"scoring": scoring_key(plan), "per_example": score_model(plan, eval_set, base, None)}
+        base_file.write_text(json.dumps(stored) + "\n")
+    base_values = stored["per_example"]
     low, high = bootstrap_interval(base_values)
     done = [finished[p["name"]] for p in points if p["name"] in finished]
     summary = summarize(done)
