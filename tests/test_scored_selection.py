@@ -59,6 +59,20 @@ def test_recipes_that_would_fail_late_are_refused_with_a_one_line_error(override
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_eval_generate_is_refused_where_weights_are_sharded():
+    from vlm_sft.training.distributed import Engine, EngineError
+    from vlm_sft.training.train import check_scored_engine
+
+    _, training_args, _, vision = _parse("--eval_strategy", "epoch")
+    for engine in (Engine("fsdp", 2), Engine("deepspeed", 2, zero_stage=3)):
+        with pytest.raises(EngineError, match=f"not supported under {engine.describe()}"):
+            check_scored_engine(training_args, vision, engine)
+    check_scored_engine(training_args, vision, Engine("deepspeed", 2, zero_stage=2))  # full replicas: fine
+    check_scored_engine(training_args, vision, Engine("ddp", 2))
+    vision.eval_generate = False
+    check_scored_engine(training_args, vision, Engine("fsdp", 2))
+
+
 def test_an_error_metric_is_lower_is_better():
     args = _parse("--eval_strategy", "epoch", "--eval_generate", "true", "--metric_for_best_model", "eval_numeric_mae")
     assert args[1].greater_is_better is False

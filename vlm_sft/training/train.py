@@ -209,6 +209,16 @@ def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: Visi
     return model, parts
 
 
+def check_scored_engine(training_args: SFTConfig, vision: VisionArguments, engine) -> None:
+    """eval_generate needs whole weights on every rank: refused under FSDP and ZeRO-3."""
+    if vision.eval_generate and training_args.eval_strategy != "no" and engine.shards_weights:
+        # Each rank would generate from its shard of the weights; gathering them for every token is not wired up.
+        raise EngineError(
+            f"eval_generate is not supported under {engine.describe()} (weights sharded across ranks): train with "
+            "DDP or ZeRO-2, or set eval_generate: false and score the saved adapter with `vlm-sft eval`."
+        )
+
+
 def _trainer_extras(training_args: SFTConfig, vision: VisionArguments, parts, eval_ds, processor) -> dict:
     """ScoredSFTTrainer's scorer and per-part learning rates, and the early-stopping callback, from the recipe."""
     scorer = None
@@ -261,6 +271,7 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     check_process_group(training_args)  # N launched processes that would each train alone
     engine = detect_engine(training_args)
     check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
+    check_scored_engine(training_args, vision, engine)
     resume_from = _prepare_output_dir(training_args, vision)
     train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
 
