@@ -79,6 +79,8 @@ def test_bad_arguments_exit_2(capsys):
 
     assert main(["curve", "r.yaml", "--fractions", "0,1"]) == 2
     assert "error: --fractions must be numbers in (0, 1]" in capsys.readouterr().err
+    assert main(["curve", str(REPO / "recipes" / "quickstart.yaml"), "--set", "lora_rank=4"]) == 2
+    assert "lora_rank" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--seeds"):
         CurvePlan("r.yaml", [1.0], seeds=0)
 

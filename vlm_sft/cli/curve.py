@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     from vlm_sft.data.loading import DataError
     from vlm_sft.evaluation.curve import CurvePlan, run_curve
+    from vlm_sft.training.recipe import load_recipe
 
     try:
         overrides = []
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
         )
-    except ValueError as err:
+        load_recipe(plan.recipe, plan.overrides)  # a bad recipe or override is a usage error, before any work
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     only = [n.strip() for n in args.only.split(",")] if args.only else None
