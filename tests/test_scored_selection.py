@@ -91,7 +91,10 @@ def test_kept_step_says_which_step_and_why():
     assert kept["step"] == 20 and kept["metric"] == "eval_exact_match" and kept["early_stopped"]
     assert kept["reason"] == "highest eval_exact_match (0.6) of 3 evaluations; stopped early at step 30"
     args.load_best_model_at_end = False
-    assert kept_step(state, args)["step"] == 30 and "last step" in kept_step(state, args)["reason"]
+    assert kept_step(state, args)["step"] == 30 and kept_step(state, args)["reason"] == (
+        "the last step (no load_best_model_at_end)"
+    )
+    assert kept_step(state, args, early_stopping_patience=2)["reason"].endswith("; stopped early at step 30")
 
 
 def test_loss_png_gets_a_panel_of_the_scores():

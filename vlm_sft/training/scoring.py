@@ -122,15 +122,16 @@ class ScoredSFTTrainer(SFTTrainer):
 
 def kept_step(state: Any, args: Any, early_stopping_patience: int | None = None) -> dict:
     """Which step's adapter is the run's result, and why: for training_summary.json and the model card."""
-    final = {"step": state.global_step, "metric": None, "value": None, "early_stopped": False}
+    # EarlyStoppingCallback stops before max_steps; a run that ran its course ends at max_steps.
+    stopped = bool(early_stopping_patience) and state.global_step < state.max_steps
     if not args.load_best_model_at_end or state.best_model_checkpoint is None:
-        return {**final, "reason": "the last step (no load_best_model_at_end)"}
+        reason = "the last step (no load_best_model_at_end)"
+        reason += f"; stopped early at step {state.global_step}" if stopped else ""
+        return {"step": state.global_step, "metric": None, "value": None, "early_stopped": stopped, "reason": reason}
     metric = args.metric_for_best_model
     metric = metric if metric.startswith("eval_") else f"eval_{metric}"
     best_step = state.best_global_step or int(str(state.best_model_checkpoint).rsplit("-", 1)[-1])
     evaluations = [e for e in state.log_history if metric in e]
-    # EarlyStoppingCallback stops before max_steps; a run that ran its course ends at max_steps.
-    stopped = bool(early_stopping_patience) and state.global_step < state.max_steps
     better = "highest" if args.greater_is_better else "lowest"
     return {
         "step": best_step,
