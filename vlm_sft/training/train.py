@@ -115,7 +115,7 @@ def check_scored_selection(training_args: SFTConfig, vision: VisionArguments) ->
     if vision.early_stopping_patience is not None and not (evaluates and training_args.metric_for_best_model):
         raise ValueError(
             "early_stopping_patience needs evaluations and a score: set eval_strategy (epoch or steps), "
-            "metric_for_best_model (e.g. eval_exact_match) and load_best_model_at_end: true."
+            "metric_for_best_model (e.g. eval_exact_match), and load_best_model_at_end: true to keep the best step."
         )
     if vision.vision_tower_lr is not None and not (vision.train_vision_tower or vision.lora_on_vision_tower):
         raise ValueError(
