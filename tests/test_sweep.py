@@ -93,7 +93,7 @@ def test_no_best_eval_score_among_ties_or_below_the_base():
 def test_launch_runs_each_training_under_the_launcher(monkeypatch):
     calls = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
-    sweep._train(["r.yaml", "--lora_r", "4"], ["accelerate", "launch", "--num_processes", "2"])
+    sweep.run_training(["r.yaml", "--lora_r", "4"], ["accelerate", "launch", "--num_processes", "2"])
     assert calls == [["accelerate", "launch", "--num_processes", "2", "-m", "vlm_sft.cli", "train", "r.yaml",
                       "--lora_r", "4"]]  # fmt: skip
 
@@ -193,3 +193,14 @@ def test_final_loss_is_the_mean_of_the_last_five_logged_losses():
     curve = [(step, float(step)) for step in range(1, 9)]
     assert sweep.final_loss(curve) == pytest.approx((4 + 5 + 6 + 7 + 8) / 5)
     assert sweep.final_loss(curve[:2]) == pytest.approx(1.5) and sweep.final_loss([]) is None
+
+
+def test_any_recipe_key_is_an_axis_lora_r_by_projector_lr():
+    spec = SweepSpec(base_recipe=str(REPO / "recipes" / "quickstart.yaml"), grid={"lora_r": [4, 16]})
+    spec.grid["projector_lr"] = [1e-4, 1e-3]
+    configs = expand(spec)
+    assert [c["name"] for c in configs] == ["r4-plr0.0001", "r4-plr0.001", "r16-plr0.0001", "r16-plr0.001"]
+    check_configs(spec, configs)  # each point parses as a recipe, projector_lr included
+    from vlm_sft.training.train import parse_recipe
+
+    assert parse_recipe(sweep.recipe_argv(spec, configs[1]))[3].projector_lr == 1e-3

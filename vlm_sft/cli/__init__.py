@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("vlm_sft.cli.sweep", "Train one run per grid point of a sweep file, then compare loss and eval score."),
     "eval": ("vlm_sft.cli.eval", "Score base model vs adapters by generation on held-out data; write a report."),
     "estimate": ("vlm_sft.cli.estimate", "Estimate training memory for a model and recipe."),
+    "curve": ("vlm_sft.cli.curve", "Score against amount of training data: nested subsets, one run per point."),
 }
 
 

@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="base model dtype; auto: bfloat16 on a GPU with bf16, float16 on an older GPU, float32 on CPU. "
         "The adapter's card names the dtype it was trained in.",
     )
+    parser.add_argument(
+        "--probe-file",
+        metavar="FILE|default",
+        help="also score drift from the base model's answers on prompts outside the training data: a JSON(L) "
+        'file of {"question", "image"}, or "default" (generic questions about the eval images)',
+    )
 
 
 def _from_recipe(args: argparse.Namespace):
@@ -85,6 +91,22 @@ def _recorded_run(adapters: list[str]) -> str | None:
         if (Path(path) / SPLIT_FILE).is_file():
             return path
     return None
+
+
+def _probe(args: argparse.Namespace, eval_set, report: dict) -> dict:
+    """Drift of every adapter from the base model on the probe (the default one, or --probe-file)."""
+    from vlm_sft.evaluation.probe import default_probe, load_probe, probe_models
+
+    if not any(m["kind"] == "adapter" for m in report["models"]):
+        raise ValueError("--probe-file measures how adapters drift from the base model: give at least one adapter.")
+    if args.probe_file == "default":
+        rows = default_probe(eval_set.rows)
+        if not rows:
+            raise ValueError("--probe-file default asks about the eval set's images, and it has none: give a file.")
+    else:
+        rows = load_probe(args.probe_file, args.system_prompt)
+    options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "device": args.device}
+    return probe_models(rows, report, **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,10 +165,19 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
         )
+        if args.probe_file:
+            report["probe"] = _probe(args, eval_set, report)
     except (DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     paths = write_report(report, args.out or "eval_report")
     print(format_table(report))
+    if args.probe_file:
+        from vlm_sft.evaluation.probe import format_probe
+
+        section = format_probe(report["probe"])
+        with paths["md"].open("a") as md:  # the same report: eval_report.md ends with the drift section
+            md.write("\n" + section)
+        print(section)
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0

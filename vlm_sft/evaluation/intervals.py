@@ -87,3 +87,20 @@ def bootstrap_difference(
         return None
     idx = _indices(len(a), resamples, seed)
     return _percentiles(_resampled(a, wa, idx) - _resampled(b, wb, idx), level)
+
+
+def paired_difference(
+    after: Sequence[float],
+    before: Sequence[float],
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float, float]:
+    """(mean of after - before, low, high): two models (or data sizes) scored on the same examples, resampled
+    together; NaNs when there are no examples."""
+    if len(after) != len(before):
+        raise ValueError(f"paired scores need one value per example each; got {len(after)} and {len(before)}.")
+    diff = [a - b for a, b in zip(after, before, strict=True)]
+    bounds = bootstrap_interval(diff, level=level, resamples=resamples, seed=seed) or (float("nan"), float("nan"))
+    return (sum(diff) / len(diff) if diff else float("nan")), *bounds

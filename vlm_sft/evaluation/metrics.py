@@ -323,3 +323,26 @@ def headline_value(summary: dict, path: tuple[str, ...]) -> float | None:
             return None
         value = value.get(key)
     return value
+
+
+# Flat names (logged with an `eval_` prefix during training) of the headline metrics, by their summary path.
+FLAT_NAMES: dict[tuple[str, ...], str] = {
+    ("exact_match",): "exact_match",
+    ("token_f1",): "token_f1",
+    ("json", "valid_rate"): "json_valid",
+    ("json", "field_accuracy"): "json_field_accuracy",
+    ("numeric", "accuracy"): "numeric_accuracy",
+    ("numeric", "mae"): "numeric_mae",
+    ("numeric", "parsed_rate"): "numeric_parsed",
+}
+LOWER_IS_BETTER = frozenset(FLAT_NAMES[path] for _, path, higher in HEADLINE if not higher)
+
+
+def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
+    """`aggregate`'s summary as flat `{prefix}_name: value`; sections with no reference of their kind left out."""
+    out = {}
+    for path, name in FLAT_NAMES.items():
+        value = headline_value(summary, path)
+        if value is not None:
+            out[f"{prefix}_{name}"] = float(value)
+    return out

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlm_sft.evaluation.metrics import HEADLINE, headline_value
+from vlm_sft.evaluation.metrics import FLAT_NAMES, HEADLINE, LOWER_IS_BETTER, headline_value
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,25 @@ def loss_curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return {k: v for k, v in curves.items() if v}
 
 
+def score_curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) pairs of each 0..1 generation score logged during training (`eval_generate`)."""
+    curves = {}
+    for name in FLAT_NAMES.values():
+        if name in LOWER_IS_BETTER:  # MAE is not on the 0..1 scale of the panel
+            continue
+        points = [(e["step"], e[f"eval_{name}"]) for e in log_history if f"eval_{name}" in e and "step" in e]
+        if points:
+            curves[f"eval_{name}"] = points
+    return curves
+
+
 def plot_loss(log_history: list[dict], path: str | Path, title: str | None = None) -> dict[str, list]:
-    """loss.png: training loss (and eval loss when there is an eval set) against optimizer steps."""
+    """loss.png: training loss (and eval loss when there is an eval set) against optimizer steps; when the run
+    scored answers by generation (`eval_generate`), a second panel with those scores against the same steps."""
     curves = loss_curves(log_history)
-    fig = _figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    scores = score_curves(log_history)
+    fig = _figure(6.4, 6.6 if scores else 4.0)
+    ax = fig.add_subplot(2, 1, 1) if scores else fig.add_subplot()
     styles = {"train": {"color": "tab:blue", "label": "training loss"}}
     styles["eval"] = {"color": "tab:orange", "label": "eval loss", "marker": "o"}
     for name, points in curves.items():
@@ -71,8 +85,17 @@ def plot_loss(log_history: list[dict], path: str | Path, title: str | None = Non
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
+    if scores:
+        ax2 = fig.add_subplot(2, 1, 2, sharex=ax)
+        for name, points in scores.items():
+            steps, values = zip(*points, strict=True)
+            ax2.plot(steps, values, marker="o", label=name.removeprefix("eval_").replace("_", " "))
+        ax2.set(xlabel="step", ylabel="score (higher is better)", ylim=(-0.02, 1.02))
+        ax2.set_title("answers scored by generation")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
     _save(fig, path)
-    return curves
+    return {**curves, **scores}
 
 
 def write_loss_plot(trainer: Any, output_dir: str | Path) -> Path | None:
@@ -161,3 +184,28 @@ def plot_sweep(runs: list[dict], path: str | Path, threshold: float | None = Non
     ax.legend(fontsize=8, ncol=2)
     _save(fig, path)
     return drawn
+
+
+def plot_curve(result: dict, path: str | Path) -> dict[str, list]:
+    """curve.png: score against training examples (log2 axis), 95 % intervals, each seed's point, base as a line."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    rows = result["summary"]
+    xs = [r["examples"] for r in rows]
+    ys = [r["score"] for r in rows]
+    errors = [[r["score"] - r["low"] for r in rows], [r["high"] - r["score"] for r in rows]]
+    ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, color="tab:blue", label="fine-tuned (mean over seeds)")
+    seeds = [(p["examples"], p["score"]) for p in result["points"]]
+    if result["seeds"] > 1 and seeds:
+        ax.scatter(*zip(*seeds, strict=True), s=12, color="tab:blue", alpha=0.4, label="each seed")
+    base = result["base"]
+    ax.axhline(base["score"], color="grey", linestyle="--", label=f"base model {base['score']:.2f}")
+    if len(set(xs)) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set(xlabel="training examples", ylabel=result["metric"].replace("_", " "), ylim=(-0.02, 1.02))
+    ax.set_title(f"data curve: {result['eval_n']} held-out examples, 95 % intervals")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return {"mean": list(zip(xs, ys, strict=True)), "seeds": seeds, "base": [base["score"]]}

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _EVAL_KEYS = {"limit", "batch_size", "max_new_tokens"}
 # Short names for grid values in run names: r16-attention, not lora_r=16_lora_target=attention.
-_SHORT = {"lora_r": "r", "lora_target": "", "learning_rate": "lr", "lora_dropout": "drop"}
+_SHORT = {"lora_r": "r", "lora_target": "", "learning_rate": "lr", "lora_dropout": "drop", "projector_lr": "plr"}
 FINAL_LOSS_STEPS = 5  # "final loss": the mean of the last 5 logged training losses
 
 
@@ -92,7 +92,7 @@ def expand(spec: SweepSpec) -> list[dict]:
     return configs
 
 
-def _cli_value(value: Any) -> str:
+def cli_value(value: Any) -> str:
     if value is None:
         raise ValueError("null is not a value a run can override; leave the key out to keep the recipe's.")
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -102,7 +102,7 @@ def recipe_argv(spec: SweepSpec, config: dict) -> list[str]:
     """`recipe.yaml --key value ...` for one run: sweep overrides, then the grid point, then its output folder."""
     argv = [spec.base_recipe]
     for key, value in {**spec.overrides, **config["params"]}.items():
-        argv += [f"--{key}", _cli_value(value)]
+        argv += [f"--{key}", cli_value(value)]
     return argv + ["--output_dir", str(Path(spec.output_dir) / config["name"])]
 
 
@@ -116,7 +116,7 @@ def check_configs(spec: SweepSpec, configs: list[dict]) -> list[str]:
     return [parse_recipe(recipe_argv(spec, config)).model_args.model_name_or_path for config in configs]
 
 
-def _check_local_model(model: str) -> None:
+def check_local_model(model: str) -> None:
     if model.startswith((".", "/")) and not Path(model).exists():
         raise ValueError(
             f"{model} (the base recipe's model) does not exist; for the quickstart's, run "
@@ -127,7 +127,7 @@ def _check_local_model(model: str) -> None:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def _train(argv: list[str], launch: list[str] | None) -> None:
+def run_training(argv: list[str], launch: list[str] | None) -> None:
     """One training run: in this process, or in a fresh one under `launch` (e.g. accelerate launch ...)."""
     if launch is None:
         from vlm_sft.training.train import parse_recipe, train
@@ -184,7 +184,7 @@ def score_adapters(spec: SweepSpec, runs: list[dict]) -> float | None:
 
     if spec.eval is None:
         return None
-    overrides = [x for key, value in spec.overrides.items() for x in (f"--{key}", _cli_value(value))]
+    overrides = [x for key, value in spec.overrides.items() for x in (f"--{key}", cli_value(value))]
     recipe = load_recipe(spec.base_recipe, overrides)  # as every run's training reads it (the grid aside)
     if not has_eval_set(recipe):
         return None
@@ -256,12 +256,12 @@ def run_sweep(spec: SweepSpec, *, only: list[str] | None = None, launch: list[st
             raise ValueError(f"--only {missing}: not in the grid ({', '.join(c['name'] for c in configs)}).")
         configs = [c for c in configs if c["name"] in only]
     for model in set(check_configs(spec, configs)):
-        _check_local_model(model)
+        check_local_model(model)
     runs = []
     for i, config in enumerate(configs, 1):
         logger.info("sweep run %d/%d: %s %s", i, len(configs), config["name"], config["params"])
         start = time.perf_counter()
-        _train(recipe_argv(spec, config), launch)
+        run_training(recipe_argv(spec, config), launch)
         runs.append(collect(spec, config, time.perf_counter() - start))
     base_score = score_adapters(spec, runs)
     result = {"sweep": asdict(spec), "base_eval_score": base_score, "runs": runs, **verdicts(runs, base_score)}

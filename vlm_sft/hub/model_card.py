@@ -179,6 +179,13 @@ def usage_snippet(base: str, model_ref: str, *, merged: bool = False, system_pro
     )
 
 
+def kept_sentence(kept: dict | None) -> str | None:
+    """The card's sentence on which step's adapter this is and why (from training_summary.json's `kept`)."""
+    if not kept:
+        return None
+    return f"This adapter is the one from step {kept['step']}: {kept['reason']}."
+
+
 def _metadata(
     *,
     base: str | None,
@@ -285,6 +292,7 @@ def adapter_card_values(
         "parameter_rows": parameter_rows(params),
         "parameter_summary": parameter_summary,
         "result_rows": result_rows(run_losses(state)),
+        "kept": kept_sentence(summary.get("kept")),
         "loss_plot": (out / "loss.png").is_file(),
         "evaluation": None if report is None else eval_section(report),
         "eval_report_md": (out / "eval_report.md").is_file(),
@@ -361,10 +369,16 @@ def write_training_card(
     *,
     num_train: int | None = None,
     num_eval: int | None = None,
+    kept: dict | None = None,
 ) -> Path:
-    """At the end of training: record the summary and write our card over PEFT's/TRL's README.md."""
+    """At the end of training: record the summary and write our card over PEFT's/TRL's README.md.
+
+    `kept` (`vlm_sft.training.scoring.kept_step`) says which step's adapter is the result and why.
+    """
     out = Path(output_dir)
     summary = training_summary(script_args, training_args, model_args, vision, num_train=num_train, num_eval=num_eval)
+    if kept is not None:
+        summary["kept"] = kept
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     card = build_adapter_card(out, require_hub_base=False)  # the push rewrites it with the repo id
     path = out / "README.md"

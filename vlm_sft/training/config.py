@@ -32,6 +32,17 @@ class VisionArguments:
         overwrite_output_dir: Replace a previous run's results in `output_dir` (its checkpoint-N folders and
             adapter are deleted first, so none is resumed by mistake). Off: such an `output_dir` is refused.
             (transformers 5 dropped its own `overwrite_output_dir`.)
+        eval_generate: At every evaluation (`eval_strategy`), answer the eval set by greedy generation with the
+            current adapter and log `vlm-sft eval`'s scores as `eval_exact_match`, `eval_token_f1`, ... (usable as
+            `metric_for_best_model`).
+        eval_generate_limit: Score a fixed, seeded subset of this many eval examples (null: all of them).
+        eval_generate_max_new_tokens: Generation budget per answer when scoring.
+        early_stopping_patience: Stop after this many evaluations without improving `metric_for_best_model`
+            (transformers' EarlyStoppingCallback).
+        projector_lr: Learning rate of the projector (default: `learning_rate`).
+        vision_tower_lr: Learning rate of the vision tower's trained parameters (default: `learning_rate`).
+        loraplus_lr_ratio: LoRA+: the B matrices learn this many times faster than `learning_rate` (PEFT's
+            `create_loraplus_optimizer`; the paper suggests 16).
     """
 
     train_file: str | None = field(default=None, metadata={"help": "Training conversations (file or folder)."})
@@ -54,6 +65,18 @@ class VisionArguments:
         metadata={"help": "Replace a previous run's results in output_dir (else it is refused)."},
     )
 
+    eval_generate: bool = field(default=False, metadata={"help": "Score answers by generation at every evaluation."})
+    eval_generate_limit: int | None = field(
+        default=100, metadata={"help": "Seeded subset of eval examples scored by generation (null: all)."}
+    )
+    eval_generate_max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per scored answer."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Evaluations without improvement before training stops."}
+    )
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector learning rate."})
+    vision_tower_lr: float | None = field(default=None, metadata={"help": "Vision tower learning rate."})
+    loraplus_lr_ratio: float | None = field(default=None, metadata={"help": "LoRA+ ratio of B to A learning rate."})
+
     def __post_init__(self) -> None:
         choices = {
             "data_format": ("auto", "llava", "messages"),
@@ -66,3 +89,11 @@ class VisionArguments:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), e.g. 0.1; got {self.eval_fraction}.")
+        for name in ("eval_generate_limit", "eval_generate_max_new_tokens", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive whole number, e.g. 3; got {value}.")
+        for name in ("projector_lr", "vision_tower_lr", "loraplus_lr_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number, e.g. 1e-4 (or left out); got {value}.")

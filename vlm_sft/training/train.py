@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from accelerate import PartialState
-from transformers import AutoProcessor, TrainerCallback, set_seed
+from transformers import AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
 from vlm_sft.data.lengths import prepare_length_grouping, sample_lengths, store_lengths
 from vlm_sft.data.loading import DataError, load_splits
+from vlm_sft.evaluation.metrics import FLAT_NAMES, LOWER_IS_BETTER
 from vlm_sft.evaluation.plots import write_loss_plot
 from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
@@ -40,6 +41,8 @@ from vlm_sft.training.distributed import (
     unify_float_dtype,
 )
 from vlm_sft.training.heldout import build_record, write_record
+from vlm_sft.training.optimizer import PartLearningRates
+from vlm_sft.training.scoring import GenerationScorer, ScoredSFTTrainer, kept_step
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ def check_supported(script_args, training_args, model_args, vision) -> None:
         if value != default:
             raise ValueError(f"{key}={value!r} is not supported by vlm-sft: {instead}. Remove it from the recipe.")
     check_precision(model_args, training_args)  # quantization x mixed precision x dtype, before anything loads
+    check_scored_selection(training_args, vision)
 
 
 def _too_long(dataset, collator: VisionSFTCollator) -> dict[int, int]:
@@ -111,6 +115,31 @@ def _too_long(dataset, collator: VisionSFTCollator) -> dict[int, int]:
     if dataset is None or collator.max_length is None:
         return {}
     return {i: n for i, n in enumerate(sample_lengths(dataset, collator)) if n > collator.max_length}
+
+
+def check_scored_selection(training_args: SFTConfig, vision: VisionArguments) -> None:
+    """eval_generate, metric_for_best_model, early stopping and part learning rates: refuse what would fail late."""
+    evaluates = training_args.eval_strategy != "no"
+    if vision.eval_generate and not evaluates:  # a recipe may keep it on for the runs that turn evaluation on
+        logger.info("eval_generate is on but eval_strategy is no: nothing is scored during this run.")
+    metric = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    if metric in FLAT_NAMES.values() and evaluates and not vision.eval_generate:
+        raise ValueError(
+            f"metric_for_best_model={training_args.metric_for_best_model} is a generation score: "
+            "set eval_generate: true (or use eval_loss)."
+        )
+    if metric in LOWER_IS_BETTER:
+        training_args.greater_is_better = False  # transformers guesses "higher is better" for anything not a loss
+    if vision.early_stopping_patience is not None and not (evaluates and training_args.metric_for_best_model):
+        raise ValueError(
+            "early_stopping_patience needs evaluations and a score: set eval_strategy (epoch or steps), "
+            "metric_for_best_model (e.g. eval_exact_match), and load_best_model_at_end: true to keep the best step."
+        )
+    if vision.vision_tower_lr is not None and not (vision.train_vision_tower or vision.lora_on_vision_tower):
+        raise ValueError(
+            "vision_tower_lr is set but the vision tower is not trained: "
+            "set train_vision_tower or lora_on_vision_tower, or remove vision_tower_lr."
+        )
 
 
 def _enforce_max_length(dataset, collator: VisionSFTCollator, name: str):
@@ -201,6 +230,42 @@ def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: Visi
     return model, parts
 
 
+def check_scored_engine(training_args: SFTConfig, vision: VisionArguments, engine) -> None:
+    """eval_generate needs whole weights on every rank: refused under FSDP and ZeRO-3."""
+    if vision.eval_generate and training_args.eval_strategy != "no" and engine.shards_weights:
+        # Each rank would generate from its shard of the weights; gathering them for every token is not wired up.
+        raise EngineError(
+            f"eval_generate is not supported under {engine.describe()} (weights sharded across ranks): train with "
+            "DDP or ZeRO-2, or set eval_generate: false and score the saved adapter with `vlm-sft eval`."
+        )
+
+
+def _trainer_extras(training_args: SFTConfig, vision: VisionArguments, parts, eval_ds, processor) -> dict:
+    """ScoredSFTTrainer's scorer and per-part learning rates, and the early-stopping callback, from the recipe."""
+    scorer = None
+    if vision.eval_generate and eval_ds is not None:
+        scorer = GenerationScorer(
+            eval_ds,
+            processor,
+            limit=vision.eval_generate_limit,
+            max_new_tokens=vision.eval_generate_max_new_tokens,
+            batch_size=training_args.per_device_eval_batch_size,
+            seed=training_args.seed,
+        )
+    part_lrs = PartLearningRates(
+        parts,
+        training_args.learning_rate,
+        training_args.weight_decay,
+        projector_lr=vision.projector_lr,
+        vision_tower_lr=vision.vision_tower_lr,
+        loraplus_lr_ratio=vision.loraplus_lr_ratio,
+    )
+    callbacks = []
+    if vision.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=vision.early_stopping_patience))
+    return {"scorer": scorer, "part_lrs": part_lrs if part_lrs.active else None, "callbacks": callbacks}
+
+
 def _save(trainer: SFTTrainer, processor, collator: VisionSFTCollator, report: dict, out: Path) -> None:
     """Adapter + processor (chat template included) + report + log + loss plot."""
     if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final adapter is gathered into one file (PEFT docs)
@@ -227,6 +292,7 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     check_process_group(training_args)  # N launched processes that would each train alone
     engine = detect_engine(training_args)
     check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
+    check_scored_engine(training_args, vision, engine)
     resume_from = _prepare_output_dir(training_args, vision)
     train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
 
@@ -237,7 +303,8 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
 
     # ---- Train. The Trainer's own push would upload TRL's text-model card and checkpoints: ours runs at the end.
     hub_push = take_over_push(training_args, model_args, vision)
-    trainer = SFTTrainer(
+    extras = _trainer_extras(training_args, vision, parts, eval_ds, processor)
+    trainer = ScoredSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_ds,
@@ -247,7 +314,9 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         callbacks=[
             CheckpointManifestCallback(),  # marks each checkpoint complete once every rank has written
             FrozenVisionTowerCallback(parts),
+            *extras.pop("callbacks"),
         ],
+        **extras,
     )
     if not engine.shards_weights:  # FSDP / ZeRO-3 keep the one dtype unify_float_dtype gave every weight
         align_trainable_dtype(trainer.model, training_args)  # after TRL's QLoRA bf16 cast (vlm_sft.modeling.precision)
@@ -258,8 +327,17 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     _save(trainer, processor, collator, report, out)
     if trainer.is_world_process_zero():
         num_eval = len(eval_ds) if eval_ds is not None else None
+        kept = kept_step(trainer.state, training_args, vision.early_stopping_patience)
+        print(f"kept: step {kept['step']}, {kept['reason']}")
         write_training_card(
-            out, script_args, training_args, model_args, vision, num_train=len(train_ds), num_eval=num_eval
+            out,
+            script_args,
+            training_args,
+            model_args,
+            vision,
+            num_train=len(train_ds),
+            num_eval=num_eval,
+            kept=kept,
         )
         if held_out is not None:
             write_record(held_out, out)  # eval_split.json: `vlm-sft eval` scores exactly these rows
