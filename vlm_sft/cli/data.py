@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _data_arguments(validate)
     validate.add_argument("--processor", metavar="ID_OR_PATH", help="Also count each sample's tokens with it.")
     validate.add_argument("--max-length", type=int, metavar="N", help="Refuse samples longer (needs --processor).")
+    validate.add_argument("--all", action="store_true", help="List every problem (default: 3 of each kind).")
     validate.set_defaults(handler=_validate, parser=validate)
 
     stats = actions.add_parser(
@@ -136,7 +137,7 @@ def _validate(args: argparse.Namespace) -> int:
         print("\n".join(_length_lines(checked, lengths, args.max_length)))
         problems += _length_problems(checked, lengths, args.max_length)
     if problems:
-        print(format_report(problems))
+        print(format_report(problems, show_all=args.all))
     if errors(problems):
         print("INVALID: fix the errors above and run again; training refuses this data.")
         return 1

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from vlm_sft.cli.types import positive_int
+
 COMMANDS = ("push", "infer", "merge")
 
 
@@ -46,7 +48,7 @@ def _add_infer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="image file to ask about")
     parser.add_argument("--prompt", help="one question; without it, an interactive chat reads questions from stdin")
     parser.add_argument("--system", default=None, help="system prompt (default: the one the adapter was trained with)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto: the GPUs when there are")
 

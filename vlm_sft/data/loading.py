@@ -187,5 +187,5 @@ def _raise_or_warn(checked: list[CheckedData]) -> None:
     problems = [p for c in checked for p in c.problems]
     if errors(problems):
         raise DataError(problems)
-    for problem in warnings_of(problems):
-        logger.warning("%s", problem)
+    if warnings_of(problems):  # grouped by kind: 2,000 duplicates are one warning with a count
+        logger.warning("%s", format_report(warnings_of(problems)))

@@ -22,8 +22,6 @@ from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
     OutputDirError,
-    check_output_dir,
-    clear_run_results,
     remove_incomplete_after,
     resolve_resume,
     resume_requested,
@@ -35,6 +33,17 @@ from vlm_sft.training.distributed import (
     check_quantization,
     detect_engine,
     unify_float_dtype,
+)
+from vlm_sft.training.output_dir import OutputDir, RunMarkerCallback
+from vlm_sft.training.recipe_checks import (
+    check_command_line,
+    check_model_path,
+    check_recipe_file,
+    check_values,
+    explain_unknown_keys,
+    known_keys,
+    looks_local,
+    raise_usage_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,9 +72,17 @@ def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
+    check_command_line(argv)
+    if "--config" in argv[:-1]:
+        check_recipe_file(argv[argv.index("--config") + 1])
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, VisionArguments))
-    args = parser.parse_args_and_config(argv)
+    parser.error = raise_usage_error
+    try:
+        args = parser.parse_args_and_config(argv)
+    except ValueError as err:
+        raise ValueError(explain_unknown_keys(str(err), known_keys(parser))) from None
     check_supported(*args)
+    check_values(args[1], args[2])
     return args
 
 
@@ -149,22 +166,15 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     return train_ds, eval_ds, processor, collator
 
 
-def _prepare_output_dir(training_args: SFTConfig, vision: VisionArguments) -> str | None:
-    """Resume point (or None); refuses another run's output_dir unless asked, then clears what is replaced."""
-    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    stale = check_output_dir(
-        training_args.output_dir,
-        overwrite=vision.overwrite_output_dir,
-        resuming=resume_from is not None,  # `true` with nothing to resume must not overwrite a finished run
-    )
+def _replace_previous(training_args: SFTConfig, out_dir: OutputDir, previous: list, resume_from: str | None) -> None:
+    """Move the previous run's results aside (restored if this run fails before its first save)."""
     state = PartialState()
-    state.wait_for_everyone()  # every rank has looked before the main process deletes anything
+    state.wait_for_everyone()  # every rank has checked before the main process moves anything
     if state.is_main_process:
-        clear_run_results(stale)
+        out_dir.set_aside(previous)
         if resume_requested(training_args.resume_from_checkpoint):
             remove_incomplete_after(training_args.output_dir, resume_from)
     state.wait_for_everyone()
-    return resume_from
 
 
 def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments, engine):
@@ -200,13 +210,26 @@ def _save(trainer: SFTTrainer, processor, collator: VisionSFTCollator, report: d
 def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments):
     """Run one training job; returns the output directory holding adapter, processor, report, card and logs."""
     set_seed(training_args.seed)
+    if looks_local(model_args.model_name_or_path):  # the adapter records its base: usable from any folder
+        model_args.model_name_or_path = str(Path(model_args.model_name_or_path).expanduser().resolve())
+    # One run per output_dir: a second one is refused at once, before it loads anything.
+    out_dir = OutputDir(training_args.output_dir, main_process=PartialState().is_main_process)
+    out_dir.lock()
+    try:
+        return _run(script_args, training_args, model_args, vision, out_dir)
+    finally:
+        out_dir.release()
 
+
+def _run(script_args, training_args, model_args, vision, out_dir: OutputDir) -> Path:
     # ---- Data, launch and output_dir checks: every refusal comes before anything is written.
     train_ds, eval_ds, processor, collator = _setup_data(script_args, training_args, model_args, vision)
     check_process_group(training_args)  # N launched processes that would each train alone
     engine = detect_engine(training_args)
     check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
-    resume_from = _prepare_output_dir(training_args, vision)
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    # `true` with nothing to resume must not overwrite a finished run: only an actual resume point counts.
+    previous = out_dir.check(overwrite=vision.overwrite_output_dir, resuming=resume_from is not None)
     train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
 
     # ---- Model.
@@ -225,21 +248,28 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         processing_class=processor,
         callbacks=[
             CheckpointManifestCallback(),  # marks each checkpoint complete once every rank has written
+            RunMarkerCallback(out_dir),  # after a save, a failure no longer restores the previous results
             FrozenVisionTowerCallback(parts),
         ],
     )
-    trainer.train(resume_from_checkpoint=resume_from)
-
-    # ---- Save, then the model card (PEFT and TRL each write their own README.md on save) and push.
+    # Only now, with every value, the data and the model checked, are the previous results moved aside.
+    _replace_previous(training_args, out_dir, previous, resume_from)
     out = Path(training_args.output_dir)
-    _save(trainer, processor, collator, report, out)
-    if trainer.is_world_process_zero():
-        num_eval = len(eval_ds) if eval_ds is not None else None
-        write_training_card(
-            out, script_args, training_args, model_args, vision, num_train=len(train_ds), num_eval=num_eval
-        )
-        if hub_push is not None:
-            print(f"pushed: {push_after_training(out, hub_push)}")
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        # ---- Save, then the model card (PEFT and TRL each write their own README.md on save).
+        _save(trainer, processor, collator, report, out)
+        if trainer.is_world_process_zero():
+            num_eval = len(eval_ds) if eval_ds is not None else None
+            write_training_card(
+                out, script_args, training_args, model_args, vision, num_train=len(train_ds), num_eval=num_eval
+            )
+    except BaseException:  # Ctrl-C included: before the first save, the previous results come back
+        out_dir.failed()
+        raise
+    out_dir.succeeded()
+    if hub_push is not None and trainer.is_world_process_zero():
+        print(f"pushed: {push_after_training(out, hub_push)}")
     return out
 
 
@@ -248,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         script_args, training_args, model_args, vision = parse_recipe(argv)
+        check_model_path(model_args.model_name_or_path)  # here, not in parse_recipe: recipes parse before a build
     except (ValueError, OSError) as err:  # unknown key, bad value, missing recipe: a usage error, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
