@@ -15,12 +15,13 @@ import os
 import sys
 from pathlib import Path
 
+from vlm_sft.cli.types import positive_int
 from vlm_sft.data.formats import FORMATS, Sample
 from vlm_sft.data.loading import CheckedData, check_conversations, to_dataset
 from vlm_sft.data.problems import Problem, errors, format_report
 from vlm_sft.data.sources import JSON_SUFFIXES
 from vlm_sft.data.stats import compute_stats, format_stats, percentile, token_lengths
-from vlm_sft.data.validation import MAX_IMAGE_PIXELS
+from vlm_sft.data.validation import MAX_IMAGE_PIXELS, MAX_TEXT_CHARS
 
 # The lesson's `create_training_data` templates, plus counting, state and structured answers.
 DRAFT_QUESTIONS = (
@@ -86,6 +87,13 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"Refuse larger images (default: {MAX_IMAGE_PIXELS:,}, PIL's bomb limit).",
     )
+    parser.add_argument(
+        "--max-text-chars",
+        type=positive_int,
+        default=MAX_TEXT_CHARS,
+        metavar="N",
+        help=f"Refuse turn texts longer than N characters (default: {MAX_TEXT_CHARS:,}).",
+    )
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> int:
@@ -103,7 +111,13 @@ def _check(args: argparse.Namespace) -> CheckedData | int:
         return _usage_error(args, f"--image-dir {args.image_dir} is not a folder.")
     if args.max_pixels <= 0:
         return _usage_error(args, "--max-pixels must be positive.")
-    return check_conversations(args.path, args.image_dir, data_format=args.format, max_pixels=args.max_pixels)
+    return check_conversations(
+        args.path,
+        args.image_dir,
+        data_format=args.format,
+        max_pixels=args.max_pixels,
+        max_text_chars=args.max_text_chars,
+    )
 
 
 def _describe(checked: CheckedData) -> str:
