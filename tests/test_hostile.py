@@ -396,3 +396,24 @@ def test_sixteen_bit_png_ids_and_top_level_object(data_dir, capsys):
     path.write_text(json.dumps({"data": [llava_row(0)]}))
     code, out = validate(capsys, path)
     assert code == 1 and "must be a list of samples" in out and "'data'" in out
+
+
+# ---------------------------------------------------------------- 7: an uncached model with the Hub unreachable
+def test_uncached_model_with_unreachable_hub_fails_in_seconds(data_dir, tmp_path):
+    path = data_dir / "ok.json"
+    path.write_text(json.dumps([llava_row(0)]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # an empty cache
+    with socket.socket() as hold:  # a local port that refuses connections: bound, never listening
+        hold.bind(("127.0.0.1", 0))
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{hold.getsockname()[1]}"
+        command = [BIN / "vlm-sft", "data", "validate", path, "--processor", "nobody/uncached-vlm"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "'nobody/uncached-vlm' is not in the local HF cache" in done.stderr
+        assert "cannot be reached" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
+
+        from vlm_sft.hub.availability import ModelUnavailableError, check_model_available
+
+        with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE is set"):  # this process is offline
+            check_model_available("nobody/uncached-vlm")

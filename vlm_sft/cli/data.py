@@ -97,8 +97,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> int:
-    args.parser.print_usage(sys.stderr)
-    print(f"{args.parser.prog}: error: {message}", file=sys.stderr)
+    print(f"error: {args.parser.prog}: {message}", file=sys.stderr)
     return 2
 
 
@@ -129,8 +128,13 @@ def _describe(checked: CheckedData) -> str:
 def _load_processor(args: argparse.Namespace):
     from transformers import AutoProcessor
 
+    from vlm_sft.hub.availability import ModelUnavailableError, check_model_available
+
     try:
+        check_model_available(args.processor, what="--processor")  # fail in seconds when the Hub is unreachable
         return AutoProcessor.from_pretrained(args.processor)
+    except ModelUnavailableError as e:
+        return str(e)
     except Exception as e:  # noqa: BLE001 - a wrong id, an offline miss, a folder without processor files
         return f"cannot load processor {args.processor!r} ({type(e).__name__}: {e})"
 

@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from vlm_sft.hub.availability import looks_local
+
 _FLAG = re.compile(r"--?([A-Za-z_][\w-]*)")
 
 
@@ -113,11 +115,6 @@ def check_values(training_args: Any, model_args: Any) -> None:
             problems.append(f"lora_dropout={dropout!r} must be in [0, 1) (e.g. 0.05)")
     if problems:
         raise ValueError("; ".join(problems) + ".")
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a Hub id: Hub ids are `name` or `owner/name`, never starting with `.`, `/` or `~`."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.isdir(name)
 
 
 def check_model_path(name: str | None) -> None:

@@ -15,6 +15,7 @@ from vlm_sft.data.lengths import prepare_length_grouping, sample_lengths, store_
 from vlm_sft.data.loading import DataError, load_splits
 from vlm_sft.evaluation.plots import write_loss_plot
 from vlm_sft.hub.adapters import push_after_training, take_over_push
+from vlm_sft.hub.availability import ModelUnavailableError, check_model_available, looks_local
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
 from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
@@ -42,7 +43,6 @@ from vlm_sft.training.recipe_checks import (
     check_values,
     explain_unknown_keys,
     known_keys,
-    looks_local,
     raise_usage_error,
 )
 
@@ -145,6 +145,7 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
     train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
+    check_model_available(model_args.model_name_or_path, model_args.model_revision)  # seconds, not minutes
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(script_args, training_args, model_args, vision)
-    except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
+    except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError, ModelUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
