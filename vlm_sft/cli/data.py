@@ -134,7 +134,7 @@ def _load_processor(args: argparse.Namespace):
         check_model_available(args.processor, what="--processor")  # fail in seconds when the Hub is unreachable
         return AutoProcessor.from_pretrained(args.processor)
     except ModelUnavailableError as e:
-        return str(e)
+        return f"cannot load processor: {e}"
     except Exception as e:  # noqa: BLE001 - a wrong id, an offline miss, a folder without processor files
         return f"cannot load processor {args.processor!r} ({type(e).__name__}: {e})"
 
