@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from vlm_sft.cli.types import positive_int
@@ -103,10 +104,15 @@ def infer(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from vlm_sft.data.validation import inspect_image
     from vlm_sft.hub.adapters import load_adapter_model
 
+    problem = inspect_image(Path(args.image))  # the limits of training: pixel count, regular file, bit depth
+    if problem is not None:
+        print(f"error: cannot read the image {args.image}: it {problem}", file=sys.stderr)
+        return 1
     try:
-        with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
+        with Image.open(args.image) as opened:
             image = opened.convert("RGB")
     except (OSError, ValueError) as err:
         print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
@@ -161,6 +167,16 @@ def push(args: argparse.Namespace) -> int:
         url = push_output_dir(args.output_dir, request, commit_message=args.commit_message)
     except (ValueError, FileNotFoundError) as err:  # a local base path, a data file as dataset id, no adapter
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the Hub unreachable (connection errors) or refusing (HTTP errors)
+        from huggingface_hub import constants
+
+        print(
+            f"error: push of {args.output_dir} to {args.repo_id} at {constants.ENDPOINT} failed "
+            f"({type(err).__name__}: {err}). Nothing was changed locally; check the network and the token "
+            "(HF_TOKEN or `hf auth login`), then run the same command again.",
+            file=sys.stderr,
+        )
         return 1
     print(f"pushed {args.output_dir} -> {url}")
     return 0

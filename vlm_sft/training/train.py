@@ -14,7 +14,7 @@ from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
 from vlm_sft.data.lengths import prepare_length_grouping, sample_lengths, store_lengths
 from vlm_sft.data.loading import DataError, load_splits
 from vlm_sft.evaluation.plots import write_loss_plot
-from vlm_sft.hub.adapters import push_after_training, take_over_push
+from vlm_sft.hub.adapters import PushError, push_after_training, take_over_push
 from vlm_sft.hub.availability import ModelUnavailableError, check_model_available, looks_local
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(script_args, training_args, model_args, vision)
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError, ModelUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except PushError as err:  # trained and saved; only the upload failed
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
