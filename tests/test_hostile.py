@@ -513,3 +513,46 @@ def test_merge_cleans_what_an_interrupted_merge_left(adapter, tmp_path, capsys):
     (stale / "model.safetensors").write_bytes(b"half")
     code, _ = cli(capsys, "merge", "--adapter", adapter, "--out", tmp_path / "merged", "--dtype", "float32")
     assert code == 0 and not stale.exists() and (tmp_path / "merged" / "config.json").is_file()
+
+
+# ---------------------------------------------------------------- 1 (kill -9), 14, 15: the real entry points
+def test_results_set_aside_by_a_killed_run_come_back(run_args, tmp_path, caplog, monkeypatch):
+    """A run killed (-9) after moving the previous results aside and before saving: the next run restores them."""
+    import vlm_sft.training.train as train_module
+    from vlm_sft.training.output_dir import LOCK, MARKER, PREVIOUS
+
+    monkeypatch.setattr(train_module, "load_model", no_model)
+    out = tmp_path / "out"
+    before = previous_run(out)
+    aside = out / PREVIOUS
+    aside.mkdir()
+    for name in before:
+        if "/" not in name:
+            (out / name).rename(aside / name)
+    (out / "checkpoint-2").rename(aside / "checkpoint-2")
+    (out / MARKER).write_text(json.dumps({"written_by": "vlm-sft", "finished": False, "files": ["runs"]}))
+    (out / "runs").mkdir()  # what the killed run had written
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with pytest.raises(AssertionError, match="before the model loads"):
+        train_module.main(run_args)
+    assert "restoring the results" in caplog.text
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+        ["README.md", "adapter_config.json", "adapter_model.safetensors", "checkpoint-2", MARKER]
+    )
+
+
+def test_accelerate_launch_quiet_ends_with_our_line_and_never_echoes_a_token(tmp_path):
+    token = "hf_launchTOKEN0123456789abcdefgh"
+    launch = [BIN / "accelerate", "launch", "--quiet", "--num_processes", "1", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", REPO / "scripts/sft_vlm.py"]
+    recipe = REPO / "recipes/quickstart.yaml"
+    # One launch (each costs two interpreters importing torch); the other refusals run in-process above.
+    command = [*launch, recipe, "--output_dir", tmp_path / "out", "--hub_token", token]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and "Traceback" not in done.stderr, lines[-5:]
+    assert lines[-1].startswith("error: the command line: hub_token is not accepted"), lines[-5:]
+    assert token not in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()

@@ -193,6 +193,7 @@ class OutputDir:
         )
         for entry in ours:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        (self.path / MARKER).unlink(missing_ok=True)  # the interrupted run's; the restored run's own comes back
         self._move_back(aside)
 
     # ---------------------------------------------------------------- replace

@@ -49,9 +49,12 @@ def token_refusal(where: str) -> str:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Refuse `--hub_token` on the command line before anything can echo it."""
+    """Refuse `--hub_token` on the command line before our code can echo it (shells and launchers still may)."""
     if any(a.split("=", 1)[0] in ("--hub_token", "--hub-token") for a in argv):
-        raise ValueError(token_refusal("the command line"))
+        raise ValueError(
+            token_refusal("the command line")
+            + " A token typed on a command line is in your shell history: consider revoking it."
+        )
 
 
 def raise_usage_error(message: str) -> NoReturn:
