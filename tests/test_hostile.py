@@ -158,6 +158,20 @@ def test_second_run_is_refused_naming_the_first(run_args, tmp_path, capsys, capl
     assert snapshot(out) == before
 
 
+def test_reports_written_into_a_run_belong_to_it(tmp_path):
+    from vlm_sft.training.output_dir import OutputDir, record_written
+
+    out = tmp_path / "out"
+    previous_run(out)
+    (out / "eval").mkdir()  # `vlm-sft eval --recipe` / `make quickstart` write <output_dir>/eval
+    with pytest.raises(ValueError, match="eval/"):
+        OutputDir(out).check(overwrite=True, resuming=False)
+    record_written(out / "eval")
+    assert "eval" in [p.name for p in OutputDir(out).check(overwrite=True, resuming=False)]
+    record_written(tmp_path / "elsewhere")  # no run there: nothing is written
+    assert not (tmp_path / ".vlm_sft_run.json").exists()
+
+
 def test_output_dir_that_is_a_file_or_not_writable(run_args, tmp_path, capsys, monkeypatch):
     import vlm_sft.training.train as train_module
 

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     from vlm_sft.data.loading import DataError
     from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+    from vlm_sft.training.output_dir import record_written
     from vlm_sft.training.recipe import has_eval_set, recipe_eval_set
 
     recipe = None
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     paths = write_report(report, args.out or "eval_report")
+    record_written(args.out or "eval_report")  # inside a run's output_dir: the run's, replaced with it
     print(format_table(report))
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0

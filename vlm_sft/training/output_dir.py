@@ -90,6 +90,18 @@ def split_contents(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(ours), sorted(foreign)
 
 
+def record_written(path: str | Path) -> None:
+    """Add `path` (e.g. `<output_dir>/eval` from `vlm-sft eval`) to its run's marker, so a rerun may replace it."""
+    path = Path(path)
+    marker = read_marker(path.parent)
+    if marker is None or path.name in marker["files"] or path.name in _OWN:
+        return
+    marker["files"] = sorted([*marker["files"], path.name])
+    tmp = path.parent / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(marker, indent=1))
+    os.replace(tmp, path.parent / MARKER)
+
+
 class OutputDir:
     """The run's hold on its output_dir: lock, checks, moving the previous results aside, and the marker."""
 
