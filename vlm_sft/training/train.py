@@ -222,7 +222,14 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         out_dir.release()
 
 
-def _run(script_args, training_args, model_args, vision, out_dir: OutputDir) -> Path:
+def _run(
+    script_args: ScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    vision: VisionArguments,
+    out_dir: OutputDir,
+) -> Path:
+    """Everything `train` does while holding the output_dir lock."""
     # ---- Data, launch and output_dir checks: every refusal comes before anything is written.
     train_ds, eval_ds, processor, collator = _setup_data(script_args, training_args, model_args, vision)
     check_process_group(training_args)  # N launched processes that would each train alone
