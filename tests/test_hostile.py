@@ -158,13 +158,22 @@ def test_reports_written_into_a_run_belong_to_it(tmp_path):
     assert not (tmp_path / ".vlm_sft_run.json").exists()
 
 
-def test_output_dir_that_is_a_file_or_not_writable(run_args, tmp_path, capsys, monkeypatch):
+def test_output_dir_that_is_a_file(run_args, tmp_path, capsys, monkeypatch):
     import vlm_sft.training.train as train_module
 
     monkeypatch.setattr(train_module, "load_model", no_model)
     (tmp_path / "out").write_text("a file")
     assert train_module.main(run_args) == 1
     assert "is an existing file" in one_error(capsys.readouterr().err)
+    assert train_module.main([*run_args, "--output_dir", str(tmp_path / "out" / "run")]) == 1
+    assert "cannot be created" in one_error(capsys.readouterr().err)
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_output_dir_not_writable(run_args, tmp_path, capsys, monkeypatch):
+    import vlm_sft.training.train as train_module
+
+    monkeypatch.setattr(train_module, "load_model", no_model)
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)

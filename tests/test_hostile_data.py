@@ -64,7 +64,14 @@ def test_json_numbers_and_nesting_beyond_python(data_dir, capsys, text, why):
     assert code == 1 and "odd.json" in out and why in out
 
 
-def test_identical_problems_are_grouped(data_dir, capsys):
+def train_argv(model: Path, data: Path, out: Path) -> list[str]:
+    argv = ["--model_name_or_path", str(model), "--train_file", str(data), "--output_dir", str(out)]
+    return [*argv, "--use_peft", "true", "--use_cpu", "true", "--report_to", "none", "--bf16", "false"]
+
+
+def test_identical_problems_are_grouped(data_dir, capsys, tiny_llava):
+    from vlm_sft.training.train import main as train_main
+
     path = data_dir / "same.json"
     path.write_text(json.dumps([llava_row(i, answer=" ") for i in range(2000)]))
     code, out = validate(capsys, path)
@@ -72,6 +79,9 @@ def test_identical_problems_are_grouped(data_dir, capsys):
     assert "1,997 more like this" in out and "--all" in out
     code, out = validate(capsys, path, "--all")
     assert out.count("non-empty assistant reply") == 2000
+    assert train_main(train_argv(tiny_llava, path, data_dir / "o")) == 1  # at training start too
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) < 10 and "1,997 more like this" in err
 
 
 def test_empty_dataset_is_invalid_everywhere(data_dir, capsys, tiny_llava):
@@ -84,12 +94,12 @@ def test_empty_dataset_is_invalid_everywhere(data_dir, capsys, tiny_llava):
     assert code == 1 and "empty.json" in out and "holds no samples" in out
     assert main(["data", "stats", str(path)]) == 1
     assert "holds no samples" in capsys.readouterr().out
-    argv = ["--model_name_or_path", str(tiny_llava), "--train_file", str(path), "--output_dir", str(data_dir / "o")]
-    assert (
-        train_main([*argv, "--use_peft", "true", "--use_cpu", "true", "--report_to", "none", "--bf16", "false"]) == 1
-    )
+    assert train_main(train_argv(tiny_llava, path, data_dir / "o")) == 1
     err = capsys.readouterr().err
     assert "holds no samples" in err and "Traceback" not in err and not (data_dir / "o").exists()
+    assert main(["eval", str(data_dir / "any-adapter"), "--eval-file", str(path), "--no-base"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no samples" in err and "Traceback" not in err
 
 
 def test_llava_data_uri_and_url_images(data_dir, capsys):
