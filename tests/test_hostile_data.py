@@ -144,7 +144,7 @@ def test_sixteen_bit_png_ids_and_top_level_object(data_dir, capsys):
 
 
 # ---------------------------------------------------------------- 7: an uncached model with the Hub unreachable
-def test_uncached_model_with_unreachable_hub_fails_in_seconds(data_dir, tmp_path):
+def test_uncached_model_with_unreachable_hub_fails_in_seconds(data_dir, tmp_path, capsys):
     path = data_dir / "ok.json"
     path.write_text(json.dumps([llava_row(0)]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
@@ -162,3 +162,8 @@ def test_uncached_model_with_unreachable_hub_fails_in_seconds(data_dir, tmp_path
 
         with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE is set"):  # this process is offline
             check_model_available("nobody/uncached-vlm")
+
+    from vlm_sft.training.train import main as train_main  # training: the same check, before the model
+
+    assert train_main(train_argv(Path("nobody/uncached-vlm"), path, tmp_path / "o")) == 1
+    assert "'nobody/uncached-vlm' is not in the local HF cache" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_sft.hub.availability import check_model_available
 from vlm_sft.hub.model_card import (
     SUMMARY_FILE,
     build_adapter_card,
@@ -274,6 +275,7 @@ def load_base_model(base: str, revision: str | None = None, dtype: Any = "auto",
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    check_model_available(base, revision, what="base model")  # seconds, not minutes of retries, when offline
     config = AutoConfig.from_pretrained(base, revision=revision)
     if getattr(config, "quantization_config", None):
         raise ValueError(
