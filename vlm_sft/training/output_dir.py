@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MARKER = ".vlm_sft_run.json"
 LOCK = ".vlm_sft.lock"
 PREVIOUS = ".vlm_sft_previous"
-_OWN = (MARKER, LOCK, PREVIOUS)
+_OWN_PREFIX = ".vlm_sft"  # marker, lock, the results set aside, and their temporary names
 # Names a run writes, to tell "another run's results" (needs overwrite) from a user's unrelated files.
 _RESULT_NAMES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "model.safetensors")
 
@@ -82,7 +82,7 @@ def split_contents(folder: Path) -> tuple[list[Path], list[Path]]:
     listed = set(marker["files"]) if marker else set()
     ours, foreign = [], []
     for entry in folder.iterdir():
-        if entry.name in _OWN:
+        if entry.name.startswith(_OWN_PREFIX):
             continue
         # checkpoint-N folders of a marked run are its own even when written after the marker's last update (a kill).
         mine = entry.name in listed or (marker is not None and checkpoint_step(entry) is not None)
@@ -94,7 +94,7 @@ def record_written(path: str | Path) -> None:
     """Add `path` (e.g. `<output_dir>/eval` from `vlm-sft eval`) to its run's marker, so a rerun may replace it."""
     path = Path(path)
     marker = read_marker(path.parent)
-    if marker is None or path.name in marker["files"] or path.name in _OWN:
+    if marker is None or path.name in marker["files"] or path.name.startswith(_OWN_PREFIX):
         return
     marker["files"] = sorted([*marker["files"], path.name])
     tmp = path.parent / f"{MARKER}.tmp"
@@ -234,8 +234,8 @@ class OutputDir:
         """Names this run wrote: everything in the folder except our own files and what was there before."""
         if not self.path.is_dir():
             return []
-        names = {p.name for p in self.path.iterdir()} - set(_OWN) - self.foreign_at_start - self.at_start
-        return sorted(names)
+        names = {p.name for p in self.path.iterdir() if not p.name.startswith(_OWN_PREFIX)}
+        return sorted(names - self.foreign_at_start - self.at_start)
 
     def write_marker(self, finished: bool) -> None:
         if not self.main or not self.path.is_dir():
