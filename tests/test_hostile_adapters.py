@@ -106,3 +106,14 @@ def test_merge_cleans_what_an_interrupted_merge_left(adapter, tmp_path, capsys):
     (stale / "model.safetensors").write_bytes(b"half")
     code, _ = cli(capsys, "merge", "--adapter", adapter, "--out", tmp_path / "merged", "--dtype", "float32")
     assert code == 0 and not stale.exists() and (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_end_of_training_push_failure_is_one_message_with_the_retry(adapter):
+    """Training's own push (this process is offline): the adapter is saved, the message says how to push it later."""
+    from vlm_sft.hub.adapters import PushError, PushRequest, push_after_training
+
+    with pytest.raises(PushError) as failed:
+        push_after_training(adapter, PushRequest(repo_id="me/digits", base_model="tiny-org/tiny-llava"))
+    message = str(failed.value)
+    assert f"the adapter is saved in {adapter}" in message and f"vlm-sft push {adapter} me/digits" in message
+    assert "\n" not in message
