@@ -2,8 +2,8 @@
 
 Push uploads what a user of the adapter needs (adapter, processor with chat template, card, loss plot, eval
 report) and nothing that only resumes training (checkpoints, optimizer states, `training_args.bin`) unless
-asked. The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`) or the recipe's
-`hub_token`, and is never written or logged.
+asked. The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`; recipes may not
+carry one) or a `hub_token` set in code, and is never written or logged.
 
 Pull takes a Hub id (with an optional revision) or a local folder everywhere an adapter is taken. A Hub id
 is fetched with `snapshot_download`, so `HF_HUB_OFFLINE=1` serves it from the HF cache.
