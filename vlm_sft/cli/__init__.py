@@ -61,4 +61,3 @@ def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
     cmd_parser = ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd_parser)
     return module, cmd_parser.parse_args(argv[1:])
-
