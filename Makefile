@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed before anything else so no dependency pulls a CUDA build.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+LAUNCH := $(BIN)/accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
 .PHONY: setup quickstart readme-figures test lint format bench clean
 

@@ -15,14 +15,13 @@ from vlm_sft.training.checkpoints import (
     MANIFEST,
     CheckpointError,
     OutputDirError,
-    check_output_dir,
     checkpoint_problems,
-    clear_run_results,
     last_complete_checkpoint,
     remove_incomplete_after,
     resolve_resume,
     write_manifest,
 )
+from vlm_sft.training.output_dir import MARKER as MARKER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,19 +123,19 @@ def test_incomplete_checkpoints_after_the_resume_point_are_removed(tmp_path: Pat
 
 # ---------------------------------------------------------------- output_dir
 def test_output_dir_with_another_runs_results_is_refused(tmp_path: Path):
-    assert check_output_dir(tmp_path / "new", overwrite=False, resuming=False) == []
-    (tmp_path / "notes.txt").write_text("mine")  # not a run's result: no reason to refuse
-    assert check_output_dir(tmp_path, overwrite=False, resuming=False) == []
+    from vlm_sft.training.output_dir import OutputDir
+
+    assert OutputDir(tmp_path / "new").check(overwrite=False, resuming=False) == []
     make_checkpoint(tmp_path, 5)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / MARKER_FILE).write_text(json.dumps({"files": ["adapter_model.safetensors"]}))
     with pytest.raises(OutputDirError) as refused:
-        check_output_dir(tmp_path, overwrite=False, resuming=False)
+        OutputDir(tmp_path).check(overwrite=False, resuming=False)
     message = str(refused.value)
     assert str(tmp_path) in message and "--overwrite_output_dir true" in message and "checkpoint-5" in message
-    assert check_output_dir(tmp_path, overwrite=False, resuming=True) == []  # continuing that run
-    found = check_output_dir(tmp_path, overwrite=True, resuming=False)
-    clear_run_results(found)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert OutputDir(tmp_path).check(overwrite=False, resuming=True) == []  # continuing that run
+    found = OutputDir(tmp_path).check(overwrite=True, resuming=False)
+    assert sorted(p.name for p in found) == ["adapter_model.safetensors", "checkpoint-5"]
 
 
 def _tiny_run_args(tmp_path: Path, tiny_llava: Path, digits: dict[str, Path], out: Path) -> list[str]:
@@ -161,6 +160,7 @@ def test_training_refuses_before_writing_and_after_validating_data(tmp_path, tin
     out = tmp_path / "previous_run"
     make_checkpoint(out, 10)
     (out / "adapter_model.safetensors").write_bytes(b"previous adapter")
+    (out / MARKER_FILE).write_text(json.dumps({"files": ["adapter_model.safetensors"]}))  # a vlm-sft run's
     before = _snapshot(out)
     args = _tiny_run_args(tmp_path, tiny_llava, digits, out)
 

@@ -112,7 +112,7 @@ def image(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(hub, hf_home, tiny_llava, tmp_path_factory) -> dict:
-    """`vlm-sft train` with push_to_hub: 2 steps on 4 images, a checkpoint per step, the token in the recipe."""
+    """`vlm-sft train` with push_to_hub: 2 steps on 4 images, a checkpoint per step, the token in HF_TOKEN."""
     root = tmp_path_factory.mktemp("train")
     (root / "images").mkdir()
     rows = []
@@ -138,9 +138,8 @@ def trained(hub, hf_home, tiny_llava, tmp_path_factory) -> dict:
         hub_model_id=TRAIN_REPO,
     )
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    done = _run(
-        [BIN / "vlm-sft", "train", root / "recipe.yaml", "--hub_token", RECIPE_TOKEN], _env(hub, hf_home), root
-    )
+    # The token comes from HF_TOKEN: vlm-sft refuses hub_token on the command line and in recipes.
+    done = _run([BIN / "vlm-sft", "train", root / "recipe.yaml"], _env(hub, hf_home, token=RECIPE_TOKEN), root)
     return {"out": root / "out", "stdout": done.stdout, "stderr": done.stderr, "root": root}
 
 

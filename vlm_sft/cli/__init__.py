@@ -9,7 +9,9 @@ Every option may be spelled as a recipe key is (`--image_dir`) or with dashes (`
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Modules are imported lazily: `vlm-sft data validate`
@@ -29,9 +31,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`error: vlm-sft eval: argument --batch-size: ...`) instead of the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="vlm-sft", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="vlm-sft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -39,19 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if argv[0] not in COMMANDS:
-        print(
-            f"error: unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)} (vlm-sft --help)",
-            file=sys.stderr,
-        )
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"did you mean `vlm-sft {close[0]}`? " if close else ""
+        names = ", ".join(COMMANDS)
+        print(f"error: unknown command {argv[0]!r}; {hint}the commands are: {names}.", file=sys.stderr)
         return 2
     module, args = parse_command(argv)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:  # `vlm-sft data validate big.json | head -1`: the reader left, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 1
 
 
 def parse_command(argv: list[str]) -> tuple[object, argparse.Namespace]:
     """(the subcommand's module, its parsed arguments) for `argv` = [COMMAND, ...]; exits 2 on usage errors."""
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
+    cmd_parser = ArgumentParser(prog=f"vlm-sft {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd_parser)
     tokens = recipe_key_spelling(argv[1:], cmd_parser)
     if not getattr(module, "TAKES_RECIPE_KEYS", False):

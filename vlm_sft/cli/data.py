@@ -15,13 +15,14 @@ import os
 import sys
 from pathlib import Path
 
+from vlm_sft.cli.types import positive_int
 from vlm_sft.data.draft import draft_records, find_images
 from vlm_sft.data.formats import FORMATS, Sample
 from vlm_sft.data.loading import CheckedData, check_conversations, to_dataset
 from vlm_sft.data.problems import Problem, errors, format_report
 from vlm_sft.data.sources import JSON_SUFFIXES
 from vlm_sft.data.stats import compute_stats, format_stats, percentile, token_lengths
-from vlm_sft.data.validation import MAX_IMAGE_PIXELS
+from vlm_sft.data.validation import MAX_IMAGE_PIXELS, MAX_TEXT_CHARS
 
 _VALIDATE_DOC = (
     "Check every sample (keys, roles, turn order, replies, placeholders, image files) and list all problems. "
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _data_arguments(validate)
     validate.add_argument("--processor", metavar="ID_OR_PATH", help="Also count each sample's tokens with it.")
     validate.add_argument("--max-length", type=int, metavar="N", help="Refuse samples longer (needs --processor).")
+    validate.add_argument("--all", action="store_true", help="List every problem (default: 3 of each kind).")
     validate.set_defaults(handler=_validate, parser=validate)
 
     stats = actions.add_parser(
@@ -73,11 +75,17 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"Refuse larger images (default: {MAX_IMAGE_PIXELS:,}, PIL's bomb limit).",
     )
+    parser.add_argument(
+        "--max-text-chars",
+        type=positive_int,
+        default=MAX_TEXT_CHARS,
+        metavar="N",
+        help=f"Refuse turn texts longer than N characters (default: {MAX_TEXT_CHARS:,}).",
+    )
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> int:
-    args.parser.print_usage(sys.stderr)
-    print(f"{args.parser.prog}: error: {message}", file=sys.stderr)
+    print(f"error: {args.parser.prog}: {message}", file=sys.stderr)
     return 2
 
 
@@ -90,7 +98,13 @@ def _check(args: argparse.Namespace) -> CheckedData | int:
         return _usage_error(args, f"--image-dir {args.image_dir} is not a folder.")
     if args.max_pixels <= 0:
         return _usage_error(args, "--max-pixels must be positive.")
-    return check_conversations(args.path, args.image_dir, data_format=args.format, max_pixels=args.max_pixels)
+    return check_conversations(
+        args.path,
+        args.image_dir,
+        data_format=args.format,
+        max_pixels=args.max_pixels,
+        max_text_chars=args.max_text_chars,
+    )
 
 
 def _describe(checked: CheckedData) -> str:
@@ -102,8 +116,13 @@ def _describe(checked: CheckedData) -> str:
 def _load_processor(args: argparse.Namespace):
     from transformers import AutoProcessor
 
+    from vlm_sft.hub.availability import ModelUnavailableError, check_model_available
+
     try:
+        check_model_available(args.processor, what="--processor")  # fail in seconds when the Hub is unreachable
         return AutoProcessor.from_pretrained(args.processor)
+    except ModelUnavailableError as e:
+        return f"cannot load processor: {e}"
     except Exception as e:  # noqa: BLE001 - a wrong id, an offline miss, a folder without processor files
         return f"cannot load processor {args.processor!r} ({type(e).__name__}: {e})"
 
@@ -124,7 +143,7 @@ def _validate(args: argparse.Namespace) -> int:
         print("\n".join(_length_lines(checked, lengths, args.max_length)))
         problems += _length_problems(checked, lengths, args.max_length)
     if problems:
-        print(format_report(problems))
+        print(format_report(problems, show_all=args.all))
     if errors(problems):
         print("INVALID: fix the errors above and run again; training refuses this data.")
         return 1

@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from vlm_sft.cli.types import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -31,16 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-format", default="auto", choices=["auto", "llava", "messages"])
     parser.add_argument("--split", help="split of a DatasetDict (default: validation, test, eval, then train)")
     parser.add_argument("--system-prompt", help="system message for conversations without one (as in training)")
-    parser.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples only")
     parser.add_argument("--out", help="report folder (default: <recipe output_dir>/eval, else eval_report)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--numeric-tolerance", type=float, default=0.0, help="absolute error still counted right")
-    parser.add_argument("--worst", type=int, default=10, help="at most N examples that lost points, per adapter")
+    parser.add_argument(
+        "--worst", type=non_negative_int, default=10, help="at most N examples that lost points, per adapter"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     parser.add_argument(
         "--dtype",
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     from vlm_sft.data.loading import DataError
     from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, load_eval_set, write_report
+    from vlm_sft.training.output_dir import record_written
     from vlm_sft.training.recipe import has_eval_set, recipe_eval_set, run_eval_set
 
     recipe = None
@@ -171,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     paths = write_report(report, args.out or "eval_report")
+    record_written(args.out or "eval_report")  # inside a run's output_dir: the run's, replaced with it
     print(format_table(report))
     if args.probe_file:
         from vlm_sft.evaluation.probe import format_probe

@@ -18,7 +18,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from vlm_sft.cli.types import positive_int
 
 COMMANDS = ("push", "infer", "merge")
 
@@ -50,9 +53,9 @@ def _add_infer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="with stdin questions: one multi-turn conversation")
     parser.add_argument("--file", help="questions JSONL ({image, prompt, id} per line) to answer in batches")
     parser.add_argument("--out", help="with --file: answers JSONL, appended to (a rerun skips answered ids)")
-    parser.add_argument("--batch-size", type=int, default=8, help="with --file")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="with --file")
     parser.add_argument("--system", default=None, help="system prompt (default: the one the adapter was trained with)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -171,6 +174,7 @@ def infer(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from vlm_sft.data.validation import inspect_image
     from vlm_sft.evaluation.batch import QuestionsError, answer_file, read_questions
     from vlm_sft.hub.adapters import load_adapter_model
 
@@ -182,6 +186,10 @@ def infer(args: argparse.Namespace) -> int:
         if args.file:
             questions = read_questions(args.file)
         else:
+            bad = inspect_image(Path(args.image))  # the limits of training: pixel count, regular file, bit depth
+            if bad is not None:
+                print(f"error: cannot read the image {args.image}: it {bad}", file=sys.stderr)
+                return 1
             with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
                 image = opened.convert("RGB")
     except QuestionsError as err:
@@ -270,6 +278,16 @@ def push(args: argparse.Namespace) -> int:
         url = push_output_dir(args.output_dir, request, commit_message=args.commit_message)
     except (ValueError, FileNotFoundError) as err:  # a local base path, a data file as dataset id, no adapter
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the Hub unreachable (connection errors) or refusing (HTTP errors)
+        from huggingface_hub import constants
+
+        print(
+            f"error: push of {args.output_dir} to {args.repo_id} at {constants.ENDPOINT} failed "
+            f"({type(err).__name__}: {err}). Nothing was changed locally; check the network and the token "
+            "(HF_TOKEN or `hf auth login`), then run the same command again.",
+            file=sys.stderr,
+        )
         return 1
     print(f"pushed {args.output_dir} -> {url}")
     return 0

@@ -117,6 +117,9 @@ def normalize(record: RawRecord, file: str, data_format: str = "auto", *, truste
         return sample
     raw_id = value.get("id")
     sample.sample_id = None if raw_id is None else str(raw_id)
+    if raw_id is not None and not _valid_id(raw_id):
+        sample.sample_id = None
+        sample.problem("id", f"expected a string or a whole number, got {_kind(raw_id)}.", 'write e.g. "id": "a-17".')
     fmt = _record_format(value, data_format, sample)
     if fmt is None:
         sample.images = None
@@ -202,6 +205,10 @@ def _image_refs(value: dict, sample: Sample) -> list[ImageRef] | None:
                 continue
             refs.append(ref)
         elif isinstance(ref, str) and ref.strip():
+            ref = _string_ref(ref, where, sample)  # a URL or data: URI is handled as in the messages format
+            if ref is False:
+                ok = False
+                continue
             refs.append(ref)
         else:
             ok = False
@@ -331,6 +338,16 @@ def _inline_image(part: dict, at: str, sample: Sample) -> ImageRef | None | bool
     if not isinstance(ref, str) or not ref.strip():
         sample.problem(at, f"expected an image path, got {_kind(ref)}.", "give the path relative to the image folder.")
         return False
+    return _string_ref(ref, at, sample)
+
+
+def _valid_id(raw: Any) -> bool:
+    """Strings and whole numbers; NaN, Infinity, floats, lists and objects are no names for a sample."""
+    return isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool))
+
+
+def _string_ref(ref: str, at: str, sample: Sample) -> ImageRef | bool:
+    """A path, a `data:` URI (embedded bytes) or a refused remote URL (False, reported)."""
     if ref.startswith(("http://", "https://")):
         sample.problem(
             at,

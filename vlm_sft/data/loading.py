@@ -25,7 +25,15 @@ import datasets
 from vlm_sft.data.formats import FORMATS, IMAGE_PLACEHOLDER, Sample, normalize
 from vlm_sft.data.problems import Problem, errors, format_report, warnings_of
 from vlm_sft.data.sources import read_source
-from vlm_sft.data.validation import MAX_IMAGE_PIXELS, check_images, check_sample, mark_duplicates, resolve_image
+from vlm_sft.data.validation import (
+    MAX_IMAGE_PIXELS,
+    MAX_TEXT_CHARS,
+    check_images,
+    check_sample,
+    mark_duplicate_ids,
+    mark_duplicates,
+    resolve_image,
+)
 
 if TYPE_CHECKING:
     from vlm_sft.training.config import VisionArguments
@@ -93,6 +101,7 @@ def check_conversations(
     data_format: str = "auto",
     max_pixels: int = MAX_IMAGE_PIXELS,
     split: str | tuple[str, ...] | None = None,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> CheckedData:
     """Read and validate every sample without raising for bad data: all problems are in the result.
 
@@ -102,6 +111,7 @@ def check_conversations(
         data_format: `auto` (per sample), `llava` or `messages`.
         max_pixels: Images with more pixels are refused (decompression bombs).
         split: The split of a DatasetDict folder or Hub dataset, or candidates tried in order (default `train`).
+        max_text_chars: Longer turn texts are refused (they exhaust the tokenizer's memory).
     """
     if data_format not in FORMATS:
         raise ValueError(f"data_format must be one of {', '.join(FORMATS)}; got {data_format!r}.")
@@ -109,9 +119,14 @@ def check_conversations(
     folder = Path(image_dir) if image_dir else source.base_dir
     samples = [normalize(record, source.name, data_format, trusted=source.trusted) for record in source.records]
     for sample in samples:
-        check_sample(sample)
+        check_sample(sample, max_text_chars)
     check_images(samples, folder, max_pixels)
     mark_duplicates(samples)
+    mark_duplicate_ids(samples)
+    if not samples and not source.problems:
+        source.problems.append(
+            Problem(source.name, "holds no samples.", "add samples (see examples/workbench/train.json).")
+        )
     return CheckedData(source.name, folder, samples, source.problems)
 
 
@@ -158,7 +173,11 @@ def load_splits(
     """
     if not args.train_file:
         raise DataError("train_file is not set: give the training conversations (e.g. train_file: data/train.json).")
-    options = {"data_format": args.data_format, "max_pixels": max_pixels}
+    options = {
+        "data_format": args.data_format,
+        "max_pixels": max_pixels,
+        "max_text_chars": getattr(args, "max_text_chars", MAX_TEXT_CHARS),
+    }
     train = check_conversations(args.train_file, args.image_dir, **options)
     checked = [train]
     if args.eval_file:
@@ -187,5 +206,5 @@ def _raise_or_warn(checked: list[CheckedData]) -> None:
     problems = [p for c in checked for p in c.problems]
     if errors(problems):
         raise DataError(problems)
-    for problem in warnings_of(problems):
-        logger.warning("%s", problem)
+    if warnings_of(problems):  # grouped by kind: 2,000 duplicates are one warning with a count
+        logger.warning("%s", format_report(warnings_of(problems)))

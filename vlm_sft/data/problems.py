@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# Problems of one kind beyond this many are counted, not listed (`vlm-sft data validate --all` lists them).
+SHOWN_PER_KIND = 3
+_INDEX = re.compile(r"\[\d+\]")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,31 @@ def summary(problems: list[Problem]) -> str:
     return text + f", {n_warn} warning{'s' * (n_warn != 1)}"
 
 
-def format_report(problems: list[Problem]) -> str:
-    """Every problem on its own line (errors first, in file order), then the summary."""
+def _kind(problem: Problem) -> tuple:
+    """Problems that differ only in their sample (and list positions) are one kind."""
+    return problem.warning, problem.file, _INDEX.sub("[]", problem.field or ""), problem.message, problem.fix
+
+
+def format_report(problems: list[Problem], show_all: bool = False) -> str:
+    """Problems (errors first, in file order), each kind's first few and then its count, then the summary.
+
+    2,000 samples with the same mistake read as three examples and "... 1,997 more like this", not 2,000 lines.
+    """
     ordered = errors(problems) + warnings_of(problems)
-    return "\n".join([*(str(p) for p in ordered), summary(problems)])
+    if show_all:
+        return "\n".join([*(str(p) for p in ordered), summary(problems)])
+    kinds: dict[tuple, list[Problem]] = {}
+    for problem in ordered:
+        kinds.setdefault(_kind(problem), []).append(problem)
+    lines = []
+    for same in kinds.values():
+        lines += [str(p) for p in same[:SHOWN_PER_KIND]]
+        rest = same[SHOWN_PER_KIND:]
+        if rest:
+            where = ", ".join(str(p.index) for p in rest[:5] if p.index is not None)
+            lines.append(
+                f"  ... and {len(rest):,} more like this"
+                + (f" (samples {where}{', ...' if len(rest) > 5 else ''})" if where else "")
+                + "; `vlm-sft data validate --all` lists every one."
+            )
+    return "\n".join([*lines, summary(problems)])

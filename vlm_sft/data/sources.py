@@ -20,6 +20,7 @@ JSON_SUFFIXES = (".json", ".jsonl")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.){1,64})"\s*:')
 # owner/name as the Hub spells it; anything else that does not exist is reported as a missing file
+_SAMPLE_KEYS = ("conversations", "messages")  # a top-level object with neither is not one sample
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -80,10 +81,22 @@ def _read_json_file(path: Path) -> Source:
                 "write the samples into the file (see examples/workbench/train.json).",
             )
         )
-    elif path.suffix.lower() == ".jsonl" or (stripped.startswith("{") and _is_json_lines(text)):
-        _parse_json_lines(text, source)
-    else:
-        _parse_json_list(text, source)
+        return source
+    try:
+        if path.suffix.lower() == ".jsonl" or (stripped.startswith("{") and _is_json_lines(text)):
+            _parse_json_lines(text, source)
+        else:
+            _parse_json_list(text, source)
+    except (ValueError, RecursionError) as e:  # not JSONDecodeError: a 5000-digit number, nesting 100,000 deep
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        source.problems.append(
+            Problem(
+                source.name,
+                f"cannot be read as JSON data ({why}).",
+                "write numbers with at most 4300 digits (or as strings) and keep nesting shallow.",
+                index=len(source.records),
+            )
+        )
     return source
 
 
@@ -128,9 +141,15 @@ def _parse_json_list(text: str, source: Source) -> None:
     pos = _WHITESPACE.match(text).end()
     if text[pos] == "{":  # one sample on its own, not in a list
         try:
-            source.records.append(RawRecord(0, _line_at(text, pos), decoder.raw_decode(text, pos)[0]))
+            value = decoder.raw_decode(text, pos)[0]
         except json.JSONDecodeError as e:
-            _syntax_problem(source, text, e.pos, 0, f"invalid JSON: {e.msg}.", start=pos)
+            return _syntax_problem(source, text, e.pos, 0, f"invalid JSON: {e.msg}.", start=pos)
+        if not any(key in value for key in _SAMPLE_KEYS):  # e.g. {"data": [...]}: not a sample
+            keys = ", ".join(map(repr, list(value)[:6])) or "none"
+            return _syntax_problem(
+                source, text, pos, None, f"must be a list of samples [ {{...}}, ... ]; got one object (keys: {keys})."
+            )
+        source.records.append(RawRecord(0, _line_at(text, pos), value))
         return
     if text[pos] != "[":
         return _syntax_problem(source, text, pos, None, "expected a JSON list of samples [ {...}, {...} ].")

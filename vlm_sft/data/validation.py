@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,16 +25,21 @@ from vlm_sft.data.formats import IMAGE_PLACEHOLDER, ImageRef, Sample
 # PIL's own decompression-bomb threshold (~89 Mpx, a 9459 x 9459 image); PIL warns above it and
 # refuses above twice it. We refuse above it: no VLM processor needs more pixels than that.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# A reply longer than this is a pasted file or a runaway export, not a conversation: the tokenizer would need
+# gigabytes for it (a 100 MB reply took 14 GB and crashed it). Recipes and `data validate` can raise it.
+MAX_TEXT_CHARS = 100_000
+# 16-bit and float images: converting them to RGB clips every value over 255 (most pixels turn white).
+_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 ANNOTATE = re.compile(r"\[\s*ANNOTATE\b[^\]]*\]?", re.IGNORECASE)
 _NEAR_PLACEHOLDER = re.compile(r"<\s*/?\s*(?:image|img)\s*/?\s*>", re.IGNORECASE)
 
 
-def check_sample(sample: Sample) -> None:
+def check_sample(sample: Sample, max_text_chars: int = MAX_TEXT_CHARS) -> None:
     """Structure and text checks that need the whole sample; problems go to `sample.problems`."""
     _check_turn_order(sample)
     for i, message in enumerate(sample.messages):
         if message["role"] is not None and message["content"] is not None:
-            _check_message(sample, i, message)
+            _check_message(sample, i, message, max_text_chars)
     _check_image_count(sample)
 
 
@@ -71,11 +77,18 @@ def _check_turn_order(sample: Sample) -> None:
         )
 
 
-def _check_message(sample: Sample, i: int, message: dict) -> None:
+def _check_message(sample: Sample, i: int, message: dict, max_text_chars: int = MAX_TEXT_CHARS) -> None:
     where = f"{sample.fields[i]}.{sample.text_key}"
     text = "".join(p["text"] for p in message["content"] if p["type"] == "text")
     n_images = sum(p["type"] == "image" for p in message["content"])
     role = message["role"]
+    if len(text) > max_text_chars:
+        sample.problem(
+            where,
+            f"the {role} text is {len(text):,} characters, over the limit of {max_text_chars:,} (max_text_chars).",
+            "shorten or split it; if such long texts are intended, raise max_text_chars (recipe) / --max-text-chars.",
+        )
+        return  # the other checks would scan megabytes for nothing
     if role == "assistant" and not text.strip():
         sample.problem(
             where,
@@ -158,8 +171,17 @@ def inspect_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
     The size is read from the header first and checked before any pixel is decoded; `verify()`
     catches corrupt PNG chunks and `load()` catches truncated files (verify alone does not).
     """
+    if isinstance(source, Path):
+        special = _not_a_regular_file(source)
+        if special:
+            return special
     try:
         with _open(source) as image:
+            if image.mode in _HIGH_DEPTH_MODES:
+                return (
+                    f"is a {image.mode} image ({'16-bit' if '16' in image.mode else '32-bit'} per pixel); converting "
+                    "it to RGB would clip most pixels to white."
+                )
             width, height = image.size
             if width * height > max_pixels:
                 return (
@@ -185,6 +207,21 @@ def inspect_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
         return f"is corrupt or truncated ({e})."
     except (SyntaxError, ValueError, EOFError) as e:  # PIL reports broken data with these too
         return f"is corrupt or truncated ({e})."
+    return None
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Only regular files are opened: a FIFO named pipe.png would block the reader forever."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist."
+    except OSError as e:
+        return f"cannot be read ({e.strerror})."
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file."
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device); only image files are read."
     return None
 
 
@@ -234,6 +271,8 @@ def _shown(ref: ImageRef, target: Path | bytes) -> str:
 def _image_fix(verdict: str) -> str:
     if verdict.startswith("does not exist"):
         return "check the file name and the image folder (--image-dir / image_dir), or remove the sample."
+    if "clip most pixels" in verdict:
+        return "save it as an 8-bit image (e.g. PIL: img.point(lambda v: v / 256).convert('L')), or remove it."
     if "pixels" in verdict or "bomb" in verdict:
         return "resize the image (e.g. to 1024 px on the long side) or remove it."
     return "re-export or re-download the image, or remove the sample."
@@ -276,6 +315,22 @@ def mark_duplicates(samples: list[Sample], earlier: list[Sample] = ()) -> None:
                 None,
                 f"is an exact duplicate of {named}.",
                 "delete one copy: a duplicate counts twice in training.",
+                warning=True,
+            )
+
+
+def mark_duplicate_ids(samples: list[Sample]) -> None:
+    """Warn when two samples share an id: errors and reports that name one of them would be ambiguous."""
+    first: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.sample_id is None:
+            continue
+        seen = first.setdefault(sample.sample_id, sample)
+        if seen is not sample:
+            sample.problem(
+                "id",
+                f"id {sample.sample_id!r} is also the id of sample {seen.index}.",
+                "give every sample its own id.",
                 warning=True,
             )
 

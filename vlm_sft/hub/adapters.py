@@ -2,8 +2,8 @@
 
 Push uploads what a user of the adapter needs (adapter, processor with chat template, card, loss plot, eval
 report) and nothing that only resumes training (checkpoints, optimizer states, `training_args.bin`) unless
-asked. The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`) or the recipe's
-`hub_token`, and is never written or logged.
+asked. The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`; recipes may not
+carry one) or a `hub_token` set in code, and is never written or logged.
 
 Pull takes a Hub id (with an optional revision) or a local folder everywhere an adapter is taken. A Hub id
 is fetched with `snapshot_download`, so `HF_HUB_OFFLINE=1` serves it from the HF cache.
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_sft.hub.availability import check_model_available
 from vlm_sft.hub.model_card import (
     SUMMARY_FILE,
     build_adapter_card,
@@ -89,6 +90,8 @@ def select_upload_files(
 ) -> list[str]:
     """Relative paths to upload: adapter, processor, card and reports; checkpoints and `include` globs if asked."""
     out = Path(output_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} does not exist or is not a folder: give a training run's output_dir.")
     default = ADAPTER_FILES + PROCESSOR_FILES + REPORT_FILES
     selected = []
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
@@ -194,19 +197,19 @@ def take_over_push(training_args: Any, model_args: Any, vision: Any) -> PushRequ
     return request
 
 
+class PushError(RuntimeError):
+    """The push did not reach the Hub (or the Hub refused it); the message says how to retry."""
+
+
 def push_after_training(output_dir: str | Path, request: PushRequest) -> str:
     """The end-of-training push; on failure, say how to retry: the adapter is saved either way."""
     try:
         return push_output_dir(output_dir, request, commit_message="End of training")
-    except Exception:
-        logger.error(
-            "Push to %s failed; the adapter is saved in %s. Retry with: vlm-sft push %s %s",
-            request.repo_id,
-            output_dir,
-            output_dir,
-            request.repo_id,
-        )
-        raise
+    except Exception as err:  # noqa: BLE001 - network, auth, Hub errors: all leave a saved adapter to push later
+        raise PushError(
+            f"push to {request.repo_id} failed ({type(err).__name__}: {err}); the adapter is saved in {output_dir}. "
+            f"Retry with: vlm-sft push {output_dir} {request.repo_id}"
+        ) from None
 
 
 def resolve_adapter(adapter: str | Path, revision: str | None = None) -> Path:
@@ -251,12 +254,12 @@ def base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
     """The base model to load (explicit, else the one the adapter names) and its revision when known."""
     if base:
         return base, None
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_json_file(adapter_dir / "adapter_config.json")
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapter_dir}/adapter_config.json names no base model: pass --base.")
     summary_path = adapter_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_json_file(summary_path) if summary_path.is_file() else {}
     revision = summary.get("base_model_revision") if summary.get("base_model_name_or_path") == name else None
     if not is_hub_id(name) and not Path(name).exists():
         raise FileNotFoundError(
@@ -273,6 +276,7 @@ def load_base_model(base: str, revision: str | None = None, dtype: Any = "auto",
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    check_model_available(base, revision, what="base model")  # seconds, not minutes of retries, when offline
     config = AutoConfig.from_pretrained(base, revision=revision)
     if getattr(config, "quantization_config", None):
         raise ValueError(
@@ -289,8 +293,26 @@ def load_base_model(base: str, revision: str | None = None, dtype: Any = "auto",
 def attach_adapter(model: Any, adapter_dir: Path) -> Any:
     """`model` with the adapter of a folder checked by `resolve_adapter` (so its weights are safetensors)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    return PeftModel.from_pretrained(model, adapter_dir)
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir)
+    except SafetensorError as err:  # cut off while copied or downloaded
+        raise ValueError(
+            f"{adapter_dir / 'adapter_model.safetensors'} is corrupt or truncated ({err}): copy or download the "
+            "adapter again."
+        ) from None
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON object from `path`; a broken file is a ValueError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): restore it from the run or the Hub.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object: restore it from the run or the Hub.")
+    return value
 
 
 def load_adapter_model(
@@ -350,6 +372,9 @@ def merge_adapter(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: merge into a new folder.")
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a merge that was killed while saving
+        logger.warning("Removing %s, left by an interrupted merge.", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     adapter_dir = resolve_adapter(adapter, revision)
     base_name, base_revision = base_of(adapter_dir, base)
     trained = trained_dtype(adapter_dir)

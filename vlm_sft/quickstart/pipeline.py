@@ -41,6 +41,7 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int, *, update_rea
     The full report (eval_report.json / .md / .png, worst examples included) goes to <output_dir>/eval.
     """
     from vlm_sft.evaluation.generate import AdapterSpec, evaluate_models, format_table, write_report
+    from vlm_sft.training.output_dir import record_written
     from vlm_sft.training.recipe import recipe_eval_set
 
     output_dir = Path(recipe.training_args.output_dir)
@@ -56,6 +57,7 @@ def report(recipe: RecipeArgs, limit: int | None, batch_size: int, *, update_rea
         progress=False,
     )
     write_report(result, output_dir / "eval")
+    record_written(output_dir / "eval")  # part of the run now: the next `make quickstart` may replace it
     print(format_table(result))
     accuracy = {m["name"]: m["metrics"]["exact_match"] for m in result["models"]}
     line = (

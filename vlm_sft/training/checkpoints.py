@@ -1,4 +1,4 @@
-"""Checkpoints a run can resume from, and an output_dir that is not silently overwritten.
+"""Checkpoints a run can resume from (output_dir safety: `vlm_sft.training.output_dir`).
 
 The Trainer writes `checkpoint-N/` in place, file by file (weights, optimizer, scheduler, one RNG
 file per rank, `trainer_state.json`), and transformers' `get_last_checkpoint` picks the highest N
@@ -36,33 +36,12 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 _SHARDED_WEIGHTS = ("pytorch_model_fsdp", "global_step")  # FSDP sharded state / DeepSpeed engine folders
 _PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
-# What a finished (or running) training run leaves in output_dir, besides its checkpoint-N folders.
-RUN_RESULTS = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "trainer_state.json",
-    "training_args.bin",
-    "all_results.json",
-    "train_results.json",
-    "eval_results.json",
-    "trainable_parameters.json",
-    "training_summary.json",
-    "eval_split.json",
-    # The model card, loss plot and eval report describe the run: a stale one would be pushed with the new adapter.
-    "README.md",
-    "loss.png",
-    "eval_report.json",
-    "eval_report.md",
-    "eval_report.png",
-)
 _RESUME_LAST = ("true", "last", "yes", "1")
 _NO_RESUME = ("", "false", "no", "0", "none")
 
 
 class OutputDirError(ValueError):
-    """output_dir holds another run's results and neither overwrite nor resume was asked for."""
+    """output_dir cannot be used: another run's results, other files, a live lock, or not a writable folder."""
 
 
 class CheckpointError(ValueError):
@@ -230,37 +209,3 @@ def remove_incomplete_after(output_dir: str | Path, resume_from: str | None) -> 
             shutil.rmtree(checkpoint)
             removed.append(checkpoint)
     return removed
-
-
-# ---------------------------------------------------------------- output_dir
-def run_results(output_dir: str | Path) -> list[Path]:
-    """Another run's results in output_dir: its checkpoint-N folders and result files."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    return list_checkpoints(folder) + [folder / n for n in RUN_RESULTS if (folder / n).is_file()]
-
-
-def check_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool) -> list[Path]:
-    """Refuse an output_dir holding another run's results unless asked; returns what overwrite will replace."""
-    found = run_results(output_dir)
-    if not found or resuming:
-        return []
-    if not overwrite:
-        names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
-        raise OutputDirError(
-            f"output_dir {str(output_dir)!r} already holds another run's results ({names}). Pass "
-            "--overwrite_output_dir true to replace them, --resume_from_checkpoint true to continue that run, "
-            "or choose another --output_dir."
-        )
-    return found
-
-
-def clear_run_results(paths: list[Path]) -> None:
-    """Delete a previous run's results before an overwrite, so no stale checkpoint is resumed later."""
-    for path in paths:
-        logger.warning("overwrite_output_dir: removing %s from the previous run.", path)
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()

@@ -32,6 +32,7 @@ class VisionArguments:
         overwrite_output_dir: Replace a previous run's results in `output_dir` (its checkpoint-N folders and
             adapter are deleted first, so none is resumed by mistake). Off: such an `output_dir` is refused.
             (transformers 5 dropped its own `overwrite_output_dir`.)
+        max_text_chars: A turn's text longer than this many characters is a data error naming the sample.
         eval_generate: At every evaluation (`eval_strategy`), answer the eval set by greedy generation with the
             current adapter and log `vlm-sft eval`'s scores as `eval_exact_match`, `eval_token_f1`, ... (usable as
             `metric_for_best_model`).
@@ -64,6 +65,7 @@ class VisionArguments:
         default=False,
         metadata={"help": "Replace a previous run's results in output_dir (else it is refused)."},
     )
+    max_text_chars: int = field(default=100_000, metadata={"help": "Refuse turn texts longer than this."})
 
     eval_generate: bool = field(default=False, metadata={"help": "Score answers by generation at every evaluation."})
     eval_generate_limit: int | None = field(
@@ -87,6 +89,8 @@ class VisionArguments:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        if not isinstance(self.max_text_chars, int) or self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be at least 1, e.g. 100000; got {self.max_text_chars}.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), e.g. 0.1; got {self.eval_fraction}.")
         for name in ("eval_generate_limit", "eval_generate_max_new_tokens", "early_stopping_patience"):

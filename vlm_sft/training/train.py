@@ -16,7 +16,8 @@ from vlm_sft.data.lengths import prepare_length_grouping, sample_lengths, store_
 from vlm_sft.data.loading import DataError, load_splits
 from vlm_sft.evaluation.metrics import FLAT_NAMES, LOWER_IS_BETTER
 from vlm_sft.evaluation.plots import write_loss_plot
-from vlm_sft.hub.adapters import push_after_training, take_over_push
+from vlm_sft.hub.adapters import PushError, push_after_training, take_over_push
+from vlm_sft.hub.availability import ModelUnavailableError, check_model_available, looks_local
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.logs import setup_logging
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
@@ -26,8 +27,6 @@ from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
     OutputDirError,
-    check_output_dir,
-    clear_run_results,
     remove_incomplete_after,
     resolve_resume,
     resume_requested,
@@ -42,6 +41,16 @@ from vlm_sft.training.distributed import (
 )
 from vlm_sft.training.heldout import build_record, write_record
 from vlm_sft.training.optimizer import PartLearningRates
+from vlm_sft.training.output_dir import OutputDir, RunMarkerCallback
+from vlm_sft.training.recipe_checks import (
+    check_command_line,
+    check_model_path,
+    check_recipe_file,
+    check_values,
+    explain_unknown_keys,
+    known_keys,
+    raise_usage_error,
+)
 from vlm_sft.training.scoring import GenerationScorer, ScoredSFTTrainer, kept_step
 
 logger = logging.getLogger(__name__)
@@ -76,9 +85,17 @@ def parse_recipe(argv: list[str] | None = None) -> RecipeArgs:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
+    check_command_line(argv)
+    if "--config" in argv[:-1]:
+        check_recipe_file(argv[argv.index("--config") + 1])
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, VisionArguments))
-    recipe = RecipeArgs(*parser.parse_args_and_config(argv))
+    parser.error = raise_usage_error
+    try:
+        recipe = RecipeArgs(*parser.parse_args_and_config(argv))
+    except ValueError as err:
+        raise ValueError(explain_unknown_keys(str(err), known_keys(parser))) from None
     check_supported(*recipe)
+    check_values(recipe.training_args, recipe.model_args)
     return recipe
 
 
@@ -175,6 +192,7 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
     train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
+    check_model_available(model_args.model_name_or_path, model_args.model_revision)  # seconds, not minutes
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -198,22 +216,15 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     return train_ds, eval_ds, processor, collator, held_out
 
 
-def _prepare_output_dir(training_args: SFTConfig, vision: VisionArguments) -> str | None:
-    """Resume point (or None); refuses another run's output_dir unless asked, then clears what is replaced."""
-    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    stale = check_output_dir(
-        training_args.output_dir,
-        overwrite=vision.overwrite_output_dir,
-        resuming=resume_from is not None,  # `true` with nothing to resume must not overwrite a finished run
-    )
+def _replace_previous(training_args: SFTConfig, out_dir: OutputDir, previous: list, resume_from: str | None) -> None:
+    """Move the previous run's results aside (restored if this run fails before its first save)."""
     state = PartialState()
-    state.wait_for_everyone()  # every rank has looked before the main process deletes anything
+    state.wait_for_everyone()  # every rank has checked before the main process moves anything
     if state.is_main_process:
-        clear_run_results(stale)
+        out_dir.set_aside(previous)
         if resume_requested(training_args.resume_from_checkpoint):
             remove_incomplete_after(training_args.output_dir, resume_from)
     state.wait_for_everyone()
-    return resume_from
 
 
 def _setup_model(training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments, engine):
@@ -286,14 +297,34 @@ def _save(trainer: SFTTrainer, processor, collator: VisionSFTCollator, report: d
 def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, vision: VisionArguments):
     """Run one training job; returns the output directory holding adapter, processor, report, card and logs."""
     set_seed(training_args.seed)
+    if looks_local(model_args.model_name_or_path):  # the adapter records its base: usable from any folder
+        model_args.model_name_or_path = str(Path(model_args.model_name_or_path).expanduser().resolve())
+    # One run per output_dir: a second one is refused at once, before it loads anything.
+    out_dir = OutputDir(training_args.output_dir, main_process=PartialState().is_main_process)
+    out_dir.lock()
+    try:
+        return _run(script_args, training_args, model_args, vision, out_dir)
+    finally:
+        out_dir.release()
 
+
+def _run(
+    script_args: ScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    vision: VisionArguments,
+    out_dir: OutputDir,
+) -> Path:
+    """Everything `train` does while holding the output_dir lock."""
     # ---- Data, launch and output_dir checks: every refusal comes before anything is written.
     train_ds, eval_ds, processor, collator, held_out = _setup_data(script_args, training_args, model_args, vision)
     check_process_group(training_args)  # N launched processes that would each train alone
     engine = detect_engine(training_args)
     check_quantization(model_args, engine)  # 8-bit / 4-bit without float storage under ZeRO-3 or FSDP
     check_scored_engine(training_args, vision, engine)
-    resume_from = _prepare_output_dir(training_args, vision)
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    # `true` with nothing to resume must not overwrite a finished run: only an actual resume point counts.
+    previous = out_dir.check(overwrite=vision.overwrite_output_dir, resuming=resume_from is not None)
     train_ds, eval_ds = prepare_length_grouping(train_ds, eval_ds, collator, training_args)
 
     # ---- Model.
@@ -313,6 +344,7 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
         processing_class=processor,
         callbacks=[
             CheckpointManifestCallback(),  # marks each checkpoint complete once every rank has written
+            RunMarkerCallback(out_dir),  # after a save, a failure no longer restores the previous results
             FrozenVisionTowerCallback(parts),
             *extras.pop("callbacks"),
         ],
@@ -320,29 +352,35 @@ def train(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mo
     )
     if not engine.shards_weights:  # FSDP / ZeRO-3 keep the one dtype unify_float_dtype gave every weight
         align_trainable_dtype(trainer.model, training_args)  # after TRL's QLoRA bf16 cast (vlm_sft.modeling.precision)
-    trainer.train(resume_from_checkpoint=resume_from)
-
-    # ---- Save, then the model card (PEFT and TRL each write their own README.md on save) and push.
+    # Only now, with every value, the data and the model checked, are the previous results moved aside.
+    _replace_previous(training_args, out_dir, previous, resume_from)
     out = Path(training_args.output_dir)
-    _save(trainer, processor, collator, report, out)
-    if trainer.is_world_process_zero():
-        num_eval = len(eval_ds) if eval_ds is not None else None
-        kept = kept_step(trainer.state, training_args, vision.early_stopping_patience)
-        print(f"kept: step {kept['step']}, {kept['reason']}")
-        write_training_card(
-            out,
-            script_args,
-            training_args,
-            model_args,
-            vision,
-            num_train=len(train_ds),
-            num_eval=num_eval,
-            kept=kept,
-        )
-        if held_out is not None:
-            write_record(held_out, out)  # eval_split.json: `vlm-sft eval` scores exactly these rows
-        if hub_push is not None:
-            print(f"pushed: {push_after_training(out, hub_push)}")
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        # ---- Save, then the model card (PEFT and TRL each write their own README.md on save).
+        _save(trainer, processor, collator, report, out)
+        if trainer.is_world_process_zero():
+            num_eval = len(eval_ds) if eval_ds is not None else None
+            kept = kept_step(trainer.state, training_args, vision.early_stopping_patience)
+            print(f"kept: step {kept['step']}, {kept['reason']}")
+            write_training_card(
+                out,
+                script_args,
+                training_args,
+                model_args,
+                vision,
+                num_train=len(train_ds),
+                num_eval=num_eval,
+                kept=kept,
+            )
+            if held_out is not None:
+                write_record(held_out, out)  # eval_split.json: `vlm-sft eval` scores exactly these rows
+    except BaseException:  # Ctrl-C included: before the first save, the previous results come back
+        out_dir.failed()
+        raise
+    out_dir.succeeded()
+    if hub_push is not None and trainer.is_world_process_zero():
+        print(f"pushed: {push_after_training(out, hub_push)}")
     return out
 
 
@@ -350,13 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point shared by scripts/sft_vlm.py and `vlm-sft train`: 1 for bad data or state, 2 for a bad recipe."""
     try:
         script_args, training_args, model_args, vision = parse_recipe(argv)
+        check_model_path(model_args.model_name_or_path)  # here, not in parse_recipe: recipes parse before a build
     except (ValueError, OSError) as err:  # unknown key, bad value, missing recipe: a usage error, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     setup_logging(training_args)  # INFO on the main process, WARNING on the others
     try:
         train(script_args, training_args, model_args, vision)
-    except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
+    except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError, ModelUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except PushError as err:  # trained and saved; only the upload failed
         print(f"error: {err}", file=sys.stderr)
         return 1
     except LoraTargetError as err:  # a recipe value checked against the loaded model: still a bad argument
