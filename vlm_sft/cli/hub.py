@@ -3,6 +3,7 @@
     vlm-sft push outputs/quickstart me/digits-lora [--private] [--revision BRANCH]
     vlm-sft infer --adapter me/digits-lora --image 7.png --prompt "What digit is this?"
     vlm-sft infer --adapter outputs/quickstart --image 7.png          # interactive chat about the image
+    vlm-sft infer --adapter outputs/qs --image a.png --image b.png --prompt "Which is larger?"   # images in order
     vlm-sft merge --adapter me/digits-lora --out merged/ [--dtype bfloat16]
 
 Adapters are a local folder or a Hub id (`--revision` for a branch, tag or commit); with HF_HUB_OFFLINE=1 a
@@ -43,7 +44,13 @@ def _add_adapter(parser: argparse.ArgumentParser) -> None:
 
 def _add_infer(parser: argparse.ArgumentParser) -> None:
     _add_adapter(parser)
-    parser.add_argument("--image", required=True, help="image file to ask about")
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        dest="images",
+        help="image file to ask about; repeat for several (given to the model in this order); none: text only",
+    )
     parser.add_argument("--prompt", help="one question; without it, an interactive chat reads questions from stdin")
     parser.add_argument("--system", default=None, help="system prompt (default: the one the adapter was trained with)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -72,13 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(hub_command=command)
 
 
-def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int) -> str:
-    """Greedy reply to the conversation, rendered with the adapter's chat template."""
+def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int, images: list | None = None) -> str:
+    """Greedy reply to the conversation, rendered as training rendered it (`vlm_sft.rendering.prompt_inputs`).
+
+    `images`: the conversation's images in the order of its image parts; without it, the `"image"` values of
+    those parts.
+    """
     import torch
 
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    ).to(model.device)
+    from vlm_sft.rendering import prompt_inputs
+
+    if images is None:
+        images = [p["image"] for m in messages if isinstance(m["content"], list) for p in m["content"] if "image" in p]
+    inputs = prompt_inputs(processor, [messages], [images]).to(model.device)
     with torch.no_grad():
         output = model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
@@ -89,26 +102,24 @@ def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int
 def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
     if explicit is not None:
         return explicit or None  # --system "" turns the trained one off
-    import json
+    from vlm_sft.hub.adapters import trained_system_prompt
 
-    from vlm_sft.hub.model_card import SUMMARY_FILE
-
-    path = adapter_dir / SUMMARY_FILE
-    return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
+    return trained_system_prompt(adapter_dir)
 
 
 def infer(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
 
     from vlm_sft.hub.adapters import load_adapter_model
+    from vlm_sft.rendering import load_image
 
-    try:
-        with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
-            image = opened.convert("RGB")
-    except (OSError, ValueError) as err:
-        print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
-        return 1
+    images = []
+    for path in args.images:
+        try:  # a missing, unreadable or non-image file: OSError; pixels as training saw them (to_rgb)
+            images.append(load_image(path))
+        except (OSError, ValueError) as err:
+            print(f"error: cannot read the image {path}: {err}", file=sys.stderr)
+            return 1
     device_map = "auto" if args.device == "auto" and torch.cuda.is_available() else None
     try:
         model, processor, adapter_dir = load_adapter_model(
@@ -119,20 +130,20 @@ def infer(args: argparse.Namespace) -> int:
         return 1
     system = _system_prompt(adapter_dir, args.system)
     messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.image)
+    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.images)
     for turn, question in enumerate(questions):
-        # The image goes with the first question only; later turns keep it in the history.
-        content = ([{"type": "image", "image": image}] if turn == 0 else []) + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        reply = answer(model, processor, messages, args.max_new_tokens)
+        # The images go with the first question, in order; later turns keep them in the history.
+        content = [{"type": "image"} for _ in images] if turn == 0 else []
+        messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
+        reply = answer(model, processor, messages, args.max_new_tokens, images)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
         print(reply, flush=True)
     return 0
 
 
-def _stdin_questions(image: str) -> Iterator[str]:
+def _stdin_questions(images: list[str]) -> Iterator[str]:
     """Questions typed on stdin, until an empty line or end of input (prompts go to stderr: stdout is replies)."""
-    print(f"Chat about {image} (empty line or Ctrl-D to end).", file=sys.stderr)
+    print(f"Chat about {', '.join(images) or 'anything'} (empty line or Ctrl-D to end).", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline().strip()

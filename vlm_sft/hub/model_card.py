@@ -485,6 +485,7 @@ def build_adapter_card(
     ]
     if system_prompt:
         body += ["", f"Trained with the system prompt {system_prompt!r}: keep it at inference."]
+    body += chat_template_lines(out)
     body += ["", "## LoRA", "", *_lora_lines(adapter_config, summary, params)]
     body += ["", "## Quantization", "", _quantization_line(summary)]
     body += ["", "## Training hyperparameters", ""]
@@ -519,8 +520,12 @@ def build_merged_card(
     base_model: str | None,
     dtype: str,
     out_ref: str,
+    template_dir: str | Path | None = None,
 ) -> ModelCard:
-    """The card of a model merged from an adapter: `base_model_relation: merge`, transformers usage, LoRA settings."""
+    """The card of a model merged from an adapter: `base_model_relation: merge`, transformers usage, LoRA settings.
+
+    `template_dir`: where the merged processor was saved (its chat template is described; default: the adapter's).
+    """
     adapter_config, summary, params, _ = _load_inputs(Path(adapter_dir))
     base = resolve_base_model(adapter_config, summary, base_model, required=False)
     base_path = summary.get("base_model_name_or_path") or adapter_config.get("base_model_name_or_path")
@@ -554,6 +559,8 @@ def build_merged_card(
         usage_snippet(base or str(base_path), out_ref, merged=True, system_prompt=summary.get("system_prompt")),
         "```",
         "",
+        *chat_template_lines(Path(template_dir or adapter_dir)),
+        "",
         "## LoRA that was merged",
         "",
         *_lora_lines(adapter_config, summary, params),
@@ -563,6 +570,16 @@ def build_merged_card(
         *(f"- {k}: {v}" for k, v in framework_versions().items()),
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+def chat_template_lines(folder: Path) -> list[str]:
+    """A "Chat template" section saying what vlm-sft changed in the saved template and why (none: nothing)."""
+    from vlm_sft.rendering import template_note
+
+    note = template_note(folder)
+    if not note:
+        return []
+    return ["", "## Chat template", "", f"{note} Prompts built from it match the training text exactly."]
 
 
 def write_training_card(
