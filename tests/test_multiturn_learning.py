@@ -18,6 +18,8 @@ from PIL import Image
 
 from vlm_sft.cli import main as cli
 
+pytestmark = pytest.mark.slow  # trains the tiny model (160 steps: seconds on an idle CPU)
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = int(os.environ.get("VLM_SFT_MULTITURN_STEPS", "160"))
 SYSTEM = "Answer with one word."
