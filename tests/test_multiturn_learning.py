@@ -109,7 +109,8 @@ def test_saved_processor_prompt_is_a_prefix_of_the_training_text(run, tiny_llava
         m["content"] = [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]
     (text,), _ = VisionSFTCollator(AutoProcessor.from_pretrained(tiny_llava)).render_with_spans([messages])
     prompt = saved.apply_chat_template(messages[:4], tokenize=False, add_generation_prompt=True)
-    assert text.startswith(prompt) and "odd</s> USER:" in prompt or "even</s> USER:" in prompt
+    assert text.startswith(prompt)
+    assert f"</s> USER: {SECOND} ASSISTANT:" in prompt  # the history as trained: the first reply ends with </s>
     card = (run["out"] / "README.md").read_text()
     assert "## Chat template" in card and "</s>" in card
 
