@@ -169,7 +169,7 @@ def use_training_template(processor: Any, *, eos: bool = True) -> bool:
     if eos and eos_token and _needs_eos(processor):
         body = _EOS_PRELUDE.replace("EOS", json.dumps(eos_token)) + body
         changes.append(
-            f"renders the end-of-turn token {eos_token} after every assistant reply, as the adapter was trained "
+            f"renders the end-of-turn token `{eos_token}` after every assistant reply, as the adapter was trained "
             "(the original renders nothing there, so prompts built from it show the model a history it never saw)"
         )
     if not changes:
@@ -190,7 +190,7 @@ def template_note(folder: str | Path) -> str | None:
     elif (folder / "chat_template.json").is_file():
         text = json.loads((folder / "chat_template.json").read_text()).get("chat_template", "")
     found = _NOTE.match(text) if text.startswith(MARK) else None
-    return f"The saved chat template {found.group(1)}." if found else None
+    return f"The saved chat template {found.group(1).rstrip('.')}." if found else None
 
 
 # ---------------------------------------------------------------------------------------------- rendering
