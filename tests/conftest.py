@@ -11,6 +11,9 @@ import pytest
 # Nothing in the suite may reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, while training subprocesses running side by side (DDP tests,
+# accelerate launch) oversubscribe the cores: one thread each (torch reads this when it is first imported).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Sample-length caches (vlm_sft.data.lengths) go to a throwaway folder, not the user's ~/.cache/vlm_sft.
 os.environ.setdefault("VLM_SFT_CACHE", tempfile.mkdtemp(prefix="vlm_sft_test_cache_"))
 

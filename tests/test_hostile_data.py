@@ -126,7 +126,14 @@ def test_sixteen_bit_png_ids_and_top_level_object(data_dir, capsys):
     path = data_dir / "d.json"
     path.write_text(json.dumps([llava_row(0, image="deep.png")]))
     code, out = validate(capsys, path)
-    assert code == 1 and "'deep.png'" in out and "16-bit" in out and "8-bit" in out
+    assert code == 0, out  # 16-bit is valid: scaled to 8 bits on every path, not clipped to white
+    from vlm_sft.rendering import load_image
+
+    assert np.asarray(load_image(data_dir / "deep.png")).mean() == pytest.approx(40000 / 257, abs=1)
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(data_dir / "float.tiff")
+    path.write_text(json.dumps([llava_row(0, image="float.tiff")]))
+    code, out = validate(capsys, path)
+    assert code == 1 and "'float.tiff'" in out and "32-bit float" in out
 
     path.write_text(
         '[{"id": NaN, "image": "img.png", "conversations": ' + json.dumps(llava_row(0)["conversations"]) + "}]"

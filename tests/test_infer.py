@@ -89,7 +89,6 @@ def test_infer_usage_errors(adapter, questions, capsys):
     for extra, message in [
         (["--file", str(questions)], "--file needs --out"),
         (["--file", str(questions), "--out", "a.jsonl", "--prompt", "?"], "--file takes the images and prompts"),
-        ([], "give --image"),
         (["--image", "x.png", "--chat", "--prompt", "?"], "--chat reads the conversation from stdin"),
     ]:
         assert cli(base + extra) == 2

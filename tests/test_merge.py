@@ -13,7 +13,7 @@ from tiny_adapter import chat_inputs, digit_image, make_tiny_adapter
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vlm_sft.cli import main as cli
-from vlm_sft.hub.adapters import merge_adapter
+from vlm_sft.hub.adapters import load_adapter_processor, merge_adapter
 from vlm_sft.hub.model_card import card_metadata
 
 
@@ -49,8 +49,11 @@ def test_merge_fp32_equals_base_plus_adapter(adapter, reference, tmp_path):
     assert not any("lora_" in n or "modules_to_save" in n for n, _ in model.named_parameters())
     weights = {p.name for p in out.glob("*.safetensors")}
     assert weights == {"model.safetensors"} and not (out / "adapter_config.json").exists()
-    # Processor and chat template travel with the merged model.
-    assert (out / "chat_template.jinja").read_text() == (adapter / "chat_template.jinja").read_text()
+    # Processor and chat template travel with the merged model: the training template, applied here to an
+    # adapter saved with the base's (as before it existed), and the card says so.
+    assert (out / "chat_template.jinja").read_text() == load_adapter_processor(adapter).chat_template
+    assert "</s>" in (out / "chat_template.jinja").read_text()
+    assert "## Chat template" in (out / "README.md").read_text()
     assert (
         AutoProcessor.from_pretrained(out).tokenizer.get_vocab()
         == AutoProcessor.from_pretrained(adapter).tokenizer.get_vocab()

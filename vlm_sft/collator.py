@@ -4,10 +4,12 @@ Why our own: TRL's `DataCollatorForVisionLanguageModeling` masks only with `{% g
 which few real chat templates have (llava-1.5's has none and renders no end-of-turn token). Ours
 works on any template whose rendering of a conversation prefix is a prefix of the whole:
 
-1. render the conversation, and each assistant turn's prompt (`add_generation_prompt=True`) and
+1. render with `vlm_sft.rendering` (the one rendering shared with every prompt builder): the
+   processor gets the training template first, which renders the tokenizer's eos after every reply
+   where the model's own template renders nothing there (LLaVA itself was trained with `</s>` after
+   each reply), and is the template saved with the adapter;
+2. render the conversation, and each assistant turn's prompt (`add_generation_prompt=True`) and
    turn-through text; the reply's characters are the difference (checked to be prefixes);
-2. where the template renders nothing after a reply, insert the tokenizer's eos there, so the
-   model learns to stop (LLaVA itself was trained with `</s>` after each reply);
 3. one processor call for the batch (image processing, image-token expansion, tokenization) with
    character offsets and the processor's own record of where it expanded image placeholders;
 4. a token is trained when it ends inside a reply span (a token that merges the role header's
@@ -18,12 +20,21 @@ works on any template whose rendering of a conversation prefix is a prefix of th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import BatchFeature
+
+from vlm_sft.rendering import (
+    clean_messages,
+    encode,
+    nested_images,
+    render,
+    reply_text,
+    use_training_template,
+    uses_prefix_suffix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +64,6 @@ class SampleTooLongError(ValueError):
     """A sample does not fit `max_length` and the policy is `error`."""
 
 
-def clean_messages(messages: Sequence[dict]) -> list[dict]:
-    """Drop None-valued keys that Arrow adds to content parts ({"type": "image", "text": None})."""
-    cleaned = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [{k: v for k, v in part.items() if v is not None} for part in content]
-        cleaned.append({"role": message["role"], "content": content})
-    return cleaned
-
-
-def reply_text(message: dict) -> str:
-    """A message's text: its string content, or its text parts joined (image parts skipped)."""
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 def image_token_ids(processor: Any) -> list[int]:
@@ -100,7 +94,8 @@ class VisionSFTCollator:
         too_long: `error` (raise, naming the sample and its length) or `drop` (skip it, log and count).
         train_on: `all_assistant_turns` or `last_assistant_turn`.
         pad_to_multiple_of: Pad the batch length to a multiple of this.
-        add_missing_eos: Insert the eos token after replies the template ends with nothing.
+        add_missing_eos: Train on the eos token after replies the template ends with nothing (the processor
+            gets the training template, `vlm_sft.rendering.use_training_template`, which renders it).
     """
 
     def __init__(
@@ -125,7 +120,9 @@ class VisionSFTCollator:
         self.add_missing_eos = add_missing_eos and self.tokenizer.eos_token is not None
         self.image_token_ids = torch.tensor(image_token_ids(processor), dtype=torch.long)
         self.dropped = 0  # samples dropped by the `drop` policy so far
-        self.uses_suffix = getattr(processor, "chat_template", None) is None and _accepts_suffix(processor)
+        # The processor renders (and is saved with) the training template from here on.
+        use_training_template(processor, eos=self.add_missing_eos)
+        self.uses_suffix = uses_prefix_suffix(processor)
         if getattr(processor, "chat_template", None) is None and not self.uses_suffix:
             raise TemplateError(
                 f"{type(processor).__name__} has no chat template. Set one (processor.chat_template = ...) "
@@ -134,11 +131,7 @@ class VisionSFTCollator:
 
     # ---------------------------------------------------------------- rendering
     def _render(self, conversations: list[list[dict]], add_generation_prompt: bool) -> list[str]:
-        if not conversations:
-            return []
-        return self.processor.apply_chat_template(
-            conversations, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return render(self.processor, conversations, add_generation_prompt=add_generation_prompt)
 
     def render_with_spans(self, batch_messages: list[list[dict]]) -> tuple[list[str], list[list[tuple[int, int]]]]:
         """Render each conversation and return the character spans of the replies to train on."""
@@ -153,9 +146,7 @@ class VisionSFTCollator:
         prompts = self._render([batch_messages[b][:i] for b, i in turns], add_generation_prompt=True)
         throughs = self._render([batch_messages[b][: i + 1] for b, i in turns], add_generation_prompt=False)
 
-        texts = list(fulls)
         spans: list[list[tuple[int, int]]] = [[] for _ in batch_messages]
-        shift = [0] * len(batch_messages)  # characters inserted (eos) so far per sample
         for (b, i), prompt, through in zip(turns, prompts, throughs, strict=True):
             full = fulls[b]
             if not (full.startswith(through) and through.startswith(prompt)):
@@ -164,38 +155,19 @@ class VisionSFTCollator:
                     f"(sample {b}, assistant turn {i}); assistant-only masking needs that property.\n"
                     f"  prompt for the turn: {prompt[-80:]!r}\n  turn-through text:   {through[-80:]!r}"
                 )
-            start, end = len(prompt) + shift[b], len(through) + shift[b]
+            start, end = len(prompt), len(through)
             # A space after the end-of-turn belongs to the next turn's first word in SentencePiece/BPE
             # vocabularies; a newline is the template's own line break and ends the turn (as in
             # TRL's *_training.jinja templates: Qwen/Gemma/Idefics train "\n", LLaVA-NeXT not " ").
-            while end > start and texts[b][end - 1] in " \t":
+            while end > start and full[end - 1] in " \t":
                 end -= 1
-            segment = texts[b][start:end]
-            reply = reply_text(batch_messages[b][i]).rstrip()
-            if self.add_missing_eos and reply and segment.rstrip().endswith(reply):
-                # The template renders nothing after this reply: add eos right after it.
-                at = start + len(segment.rstrip())
-                eos = self.tokenizer.eos_token
-                texts[b] = texts[b][:at] + eos + texts[b][at:]
-                end = at + len(eos)
-                shift[b] += len(eos)
             spans[b].append((start, end))
-        return texts, spans
+        return list(fulls), spans
 
     # ---------------------------------------------------------------- collation
     def _process(self, texts: list[str], images: list | None, **kwargs: Any) -> dict:
-        bos = self.tokenizer.bos_token
-        # Templates that render bos themselves (Gemma, Llama 3) must not get a second one.
-        add_special_tokens = not (bos and all(t.startswith(bos) for t in texts))
-        kwargs.setdefault("return_tensors", "pt")
-        return self.processor(
-            text=texts,
-            images=images,
-            padding=True,
-            padding_side="right",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            add_special_tokens=add_special_tokens,
-            **kwargs,
+        return encode(
+            self.processor, texts, images, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of, **kwargs
         )
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -210,7 +182,7 @@ class VisionSFTCollator:
         # offset_mapping element by element in Python, a fifth of the collator's time on long samples.
         batch = self._process(
             texts,
-            batch_images(rows),
+            nested_images(rows),
             return_tensors=None,
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
@@ -253,11 +225,10 @@ class VisionSFTCollator:
                     f"samples can be trained (got roles {[m['role'] for m in messages]})."
                 )
             # The processor wants its image tokens up front, one per image (it warns and guesses otherwise).
-            n_images = len(r.get("images") or [])
-            prefixes.append(self.processor.image_token * n_images + reply_text(messages[0]))
+            prefixes.extend(render(self.processor, [messages[:1]], add_generation_prompt=True))
             suffixes.append(reply_text(messages[1]))
         batch = self.processor(
-            text=prefixes, images=batch_images(rows), suffix=suffixes, padding="longest", return_tensors="pt"
+            text=prefixes, images=nested_images(rows), suffix=suffixes, padding="longest", return_tensors="pt"
         )
         batch["labels"][torch.isin(batch["input_ids"], self.image_token_ids)] = IGNORE_INDEX
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
@@ -270,7 +241,7 @@ class VisionSFTCollator:
             batch = self._collate_prefix_suffix(rows)
         else:
             texts, _ = self.render_with_spans([clean_messages(r["messages"]) for r in rows])
-            batch = self._process(texts, batch_images(rows))
+            batch = self._process(texts, nested_images(rows))
         return batch["attention_mask"].sum(dim=1).tolist()
 
     def _apply_length_policy(self, rows: list[dict], lengths: list[int]) -> list[dict]:
@@ -294,19 +265,5 @@ class VisionSFTCollator:
         return kept
 
 
-def batch_images(rows: list[dict]) -> list[list] | None:
-    """Images nested per sample: processors (Gemma 3, SmolVLM) need that to place them when a row has none."""
-    nested = [list(r.get("images") or []) for r in rows]
-    return nested if any(nested) else None
-
-
 def _describe(row: dict, index: int) -> str:
     return f"sample {row['id']!r}" if row.get("id") is not None else f"batch sample {index}"
-
-
-def _accepts_suffix(processor: Any) -> bool:
-    import inspect
-
-    return "suffix" in inspect.signature(type(processor).__call__).parameters or type(processor).__name__.startswith(
-        "PaliGemma"
-    )

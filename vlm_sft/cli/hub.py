@@ -6,6 +6,7 @@
     vlm-sft infer --adapter outputs/quickstart --image 7.png --chat   # a multi-turn conversation from stdin
     vlm-sft infer --adapter outputs/quickstart --file questions.jsonl --out answers.jsonl   # batched, resumable
     vlm-sft merge --adapter me/digits-lora --out merged/ [--dtype bfloat16] [--eval-file eval.json]
+    vlm-sft infer --adapter outputs/qs --image a.png --image b.png --prompt "Which is larger?"   # images in order
 
 Adapters are a local folder or a Hub id (`--revision` for a branch, tag or commit); with HF_HUB_OFFLINE=1 a
 Hub id is served from the HF cache. The push token comes from huggingface_hub (HF_TOKEN or `hf auth login`):
@@ -48,7 +49,13 @@ def _add_adapter(parser: argparse.ArgumentParser) -> None:
 
 def _add_infer(parser: argparse.ArgumentParser) -> None:
     _add_adapter(parser)
-    parser.add_argument("--image", help="image file to ask about")
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        dest="images",
+        help="image file to ask about; repeat for several (given to the model in this order); none: text only",
+    )
     parser.add_argument("--prompt", help="one question; without it, questions are read from stdin, one per line")
     parser.add_argument("--chat", action="store_true", help="with stdin questions: one multi-turn conversation")
     parser.add_argument("--file", help="questions JSONL ({image, prompt, id} per line) to answer in batches")
@@ -116,41 +123,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def answer(model: Any, processor: Any, messages: list[dict], max_new_tokens: int, images: list | None = None) -> str:
-    """Greedy reply to the conversation, rendered by the generation path `vlm-sft eval` uses.
+    """Greedy reply to the conversation, rendered as training rendered it (`vlm_sft.rendering.prompt_inputs`).
 
-    Images come as `images` (with `{"type": "image"}` placeholders in the messages), or inside the
-    messages' image parts (`{"type": "image", "image": PIL.Image}`).
+    `images`: the conversation's images in the order of its image parts; without it, the `"image"` values of
+    those parts.
     """
-    from vlm_sft.evaluation.generate import generate_answers
+    import torch
+
+    from vlm_sft.rendering import prompt_inputs
 
     if images is None:
-        images, messages = _images_out_of(messages)
-    reply_slot = {"role": "assistant", "content": [{"type": "text", "text": ""}]}  # split off: only the prompt is used
-    row = {"images": images, "messages": [*messages, reply_slot]}
-    return generate_answers(model, processor, [row], batch_size=1, max_new_tokens=max_new_tokens)[0]
-
-
-def _images_out_of(messages: list[dict]) -> tuple[list, list[dict]]:
-    """(the images inside image parts, the messages with bare `{"type": "image"}` placeholders instead)."""
-    images, plain = [], []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            images += [p["image"] for p in content if p.get("type") == "image" and p.get("image") is not None]
-            content = [{"type": "image"} if p.get("type") == "image" else p for p in content]
-        plain.append({"role": message["role"], "content": content})
-    return images, plain
+        images = [p["image"] for m in messages if isinstance(m["content"], list) for p in m["content"] if "image" in p]
+    inputs = prompt_inputs(processor, [messages], [images]).to(model.device)
+    with torch.no_grad():
+        output = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+        )
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def _system_prompt(adapter_dir: Any, explicit: str | None) -> str | None:
     if explicit is not None:
         return explicit or None  # --system "" turns the trained one off
-    import json
+    from vlm_sft.hub.adapters import trained_system_prompt
 
-    from vlm_sft.hub.model_card import SUMMARY_FILE
-
-    path = adapter_dir / SUMMARY_FILE
-    return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
+    return trained_system_prompt(adapter_dir)
 
 
 def _infer_usage(args: argparse.Namespace) -> str | None:
@@ -158,13 +155,11 @@ def _infer_usage(args: argparse.Namespace) -> str | None:
     if args.file:
         if not args.out:
             return "--file needs --out ANSWERS.jsonl (appended to; a rerun skips answered ids)."
-        if args.image or args.prompt or args.chat:
+        if args.images or args.prompt or args.chat:
             return "--file takes the images and prompts from the file: drop --image, --prompt and --chat."
         if args.batch_size < 1:
             return f"--batch-size must be at least 1, got {args.batch_size}."
         return None
-    if not args.image:
-        return "give --image (with --prompt, or questions on stdin), or --file QUESTIONS.jsonl --out ANSWERS.jsonl."
     if args.chat and args.prompt is not None:
         return "--chat reads the conversation from stdin: drop --prompt."
     return None
@@ -172,31 +167,32 @@ def _infer_usage(args: argparse.Namespace) -> str | None:
 
 def infer(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
 
     from vlm_sft.data.validation import inspect_image
     from vlm_sft.evaluation.batch import QuestionsError, answer_file, read_questions
     from vlm_sft.hub.adapters import load_adapter_model
+    from vlm_sft.rendering import load_image
 
     problem = _infer_usage(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    questions, images = None, []
     try:
         if args.file:
             questions = read_questions(args.file)
-        else:
-            bad = inspect_image(Path(args.image))  # the limits of training: pixel count, regular file, bit depth
+        for path in args.images:
+            bad = inspect_image(Path(path))  # the limits of training: pixel count, regular file, bit depth
             if bad is not None:
-                print(f"error: cannot read the image {args.image}: it {bad}", file=sys.stderr)
+                print(f"error: cannot read the image {path}: it {bad}", file=sys.stderr)
                 return 1
-            with Image.open(args.image) as opened:  # a missing, unreadable or non-image file: OSError
-                image = opened.convert("RGB")
+            try:  # a missing, unreadable or non-image file: OSError; pixels as training saw them (to_rgb)
+                images.append(load_image(path))
+            except (OSError, ValueError) as err:
+                print(f"error: cannot read the image {path}: {err}", file=sys.stderr)
+                return 1
     except QuestionsError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as err:
-        print(f"error: cannot read the image {args.image}: {err}", file=sys.stderr)
         return 1
     from vlm_sft.modeling.precision import inference_dtype
 
@@ -227,31 +223,31 @@ def infer(args: argparse.Namespace) -> int:
             return 1
         print(f"answered {answered} questions ({skipped} already in {args.out}): {args.out}")
         return 0
-    _converse(model, processor, image, args, system)
+    _converse(model, processor, images, args, system)
     return 0
 
 
-def _converse(model: Any, processor: Any, image: Any, args: argparse.Namespace, system: str | None) -> None:
+def _converse(model: Any, processor: Any, images: list, args: argparse.Namespace, system: str | None) -> None:
     """Answer --prompt, or stdin's questions: each on its own, or (--chat) as one conversation."""
     opening: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     messages = list(opening)
-    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.image, args.chat)
+    questions = [args.prompt] if args.prompt is not None else _stdin_questions(args.images, args.chat)
     for question in questions:
         if not args.chat:
-            messages = list(opening)  # a fresh question about the image each time
-        # The image goes with the first question only; later turns keep it in the history.
+            messages = list(opening)  # a fresh question about the images each time
+        # The images go with the first question, in order; later turns keep them in the history.
         first = not any(m["role"] == "user" for m in messages)
-        content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        reply = answer(model, processor, messages, args.max_new_tokens, images=[image])
+        content = [{"type": "image"} for _ in images] if first else []
+        messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
+        reply = answer(model, processor, messages, args.max_new_tokens, images)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
         print(reply, flush=True)
 
 
-def _stdin_questions(image: str, chat: bool) -> Iterator[str]:
+def _stdin_questions(images: list[str], chat: bool) -> Iterator[str]:
     """Questions typed on stdin, until an empty line or end of input (prompts go to stderr: stdout is replies)."""
     what = "A conversation" if chat else "Questions, each on its own,"
-    print(f"{what} about {image} (empty line or Ctrl-D to end).", file=sys.stderr)
+    print(f"{what} about {', '.join(images) or 'no image'} (empty line or Ctrl-D to end).", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline().strip()

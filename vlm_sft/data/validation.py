@@ -28,8 +28,10 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # A reply longer than this is a pasted file or a runaway export, not a conversation: the tokenizer would need
 # gigabytes for it (a 100 MB reply took 14 GB and crashed it). Recipes and `data validate` can raise it.
 MAX_TEXT_CHARS = 100_000
-# 16-bit and float images: converting them to RGB clips every value over 255 (most pixels turn white).
-_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# Float images: their range (0-1? 0-255? HDR?) is unknown, so no conversion to 8 bits is safe. 16-bit integer
+# images are fine: vlm_sft.rendering.to_rgb scales them to 8 bits on every path (a plain convert("RGB") would
+# clip most pixels to white).
+_HIGH_DEPTH_MODES = ("F",)
 ANNOTATE = re.compile(r"\[\s*ANNOTATE\b[^\]]*\]?", re.IGNORECASE)
 _NEAR_PLACEHOLDER = re.compile(r"<\s*/?\s*(?:image|img)\s*/?\s*>", re.IGNORECASE)
 
@@ -179,8 +181,7 @@ def inspect_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
         with _open(source) as image:
             if image.mode in _HIGH_DEPTH_MODES:
                 return (
-                    f"is a {image.mode} image ({'16-bit' if '16' in image.mode else '32-bit'} per pixel); converting "
-                    "it to RGB would clip most pixels to white."
+                    f"is a {image.mode} image (32-bit float per pixel), whose value range is unknown"
                 )
             width, height = image.size
             if width * height > max_pixels:
@@ -271,8 +272,8 @@ def _shown(ref: ImageRef, target: Path | bytes) -> str:
 def _image_fix(verdict: str) -> str:
     if verdict.startswith("does not exist"):
         return "check the file name and the image folder (--image-dir / image_dir), or remove the sample."
-    if "clip most pixels" in verdict:
-        return "save it as an 8-bit image (e.g. PIL: img.point(lambda v: v / 256).convert('L')), or remove it."
+    if "value range is unknown" in verdict:
+        return "save it as an 8-bit or 16-bit image (e.g. numpy: (arr * 255).astype('uint8')), or remove it."
     if "pixels" in verdict or "bomb" in verdict:
         return "resize the image (e.g. to 1024 px on the long side) or remove it."
     return "re-export or re-download the image, or remove the sample."

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vlm_sft.collator import batch_images, clean_messages, reply_text
+from vlm_sft import rendering
 from vlm_sft.evaluation.metrics import score
 from vlm_sft.evaluation.report import (
     REPORT_FILES,
@@ -30,7 +30,7 @@ from vlm_sft.evaluation.report import (
     worst_examples,
     write_report,
 )
-from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter
+from vlm_sft.hub.adapters import attach_adapter, base_of, load_base_model, resolve_adapter, trained_system_prompt
 from vlm_sft.modeling.precision import inference_dtype
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ __all__ += ["REPORT_FILES", "table_rows", "worst_examples"]
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
     """(conversation before the last assistant reply, that reply)."""
-    messages = clean_messages(messages)
+    messages = rendering.clean_messages(messages)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], reply_text(messages[last])
+    return messages[:last], rendering.reply_text(messages[last])
 
 
 @torch.no_grad()
@@ -85,16 +85,8 @@ def generate_answers(
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         prompts = [split_prompt(r["messages"])[0] for r in batch]
-        texts = processor.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
-        bos = processor.tokenizer.bos_token
-        inputs = processor(
-            text=texts,
-            images=batch_images(batch),  # nested per sample, as in training (mixed text-only/image batches)
-            padding=True,
-            padding_side="left",  # generation continues every row from its last token
-            add_special_tokens=not (bos and all(t.startswith(bos) for t in texts)),
-            return_tensors="pt",
-        ).to(model.device)
+        # Rendered and encoded as training rendered them; left-padded: generation continues from the last token.
+        inputs = rendering.prompt_inputs(processor, prompts, rendering.nested_images(batch)).to(model.device)
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
@@ -183,7 +175,7 @@ def eval_set_from_dataset(ds: Any, source: str, limit: int | None = None) -> Eva
     for row in rows:
         prompt, reference = split_prompt(row["messages"])
         references.append(reference)
-        questions.append(reply_text(prompt[-1]).strip() if prompt else "")
+        questions.append(rendering.reply_text(prompt[-1]).strip() if prompt else "")
     return EvalSet(source, rows, references, questions, _image_names(ds, n))
 
 
@@ -206,6 +198,14 @@ def _load_processor(path: str, revision: str | None) -> Any | None:
 
 def _with_template(processor: Any | None) -> Any | None:
     return processor if getattr(processor, "chat_template", None) else None
+
+
+def _adapter_processor(folder: Path) -> Any | None:
+    """The adapter's processor, with the training template (applied here to adapters saved before it existed)."""
+    processor = _with_template(_load_processor(str(folder), None))
+    if processor is not None:
+        rendering.use_training_template(processor)
+    return processor
 
 
 def _load(base: str, base_revision: str | None, adapter_dir: Path | None, device: str, dtype: torch.dtype):
@@ -263,7 +263,7 @@ def evaluate_models(
     torch_device, torch_dtype = _device_and_dtype(device, dtype)
     # Each adapter's own processor (saved with it) when it has a chat template; the base's otherwise. A base
     # without a chat template (a pretrained, not chat-tuned, model) is prompted with the adapter's.
-    own = {a.name: _with_template(_load_processor(str(folders[a.name]), None)) for a in adapters}
+    own = {a.name: _adapter_processor(folders[a.name]) for a in adapters}
     base_processor = _with_template(_load_processor(base, base_revision)) or next(filter(None, own.values()), None)
     generation = {
         "batch_size": batch_size,
@@ -275,6 +275,10 @@ def evaluate_models(
     todo: list[tuple[str, AdapterSpec | None]] = ([("base", None)] if include_base else []) + [
         (a.name, a) for a in adapters
     ]
+    # Each adapter is asked with the system prompt it was trained with (rows with their own keep theirs); the
+    # base with the first adapter's, so both answer the same prompt.
+    systems = {a.name: trained_system_prompt(folders[a.name]) for a in adapters}
+    systems["base"] = next(iter(systems.values()), None)
     models, answers = [], {}
     for name, adapter in todo:
         processor = own.get(name) or base_processor
@@ -286,7 +290,7 @@ def evaluate_models(
         answers[name] = generate_answers(
             model,
             processor,
-            eval_set.rows,
+            [{**r, "messages": rendering.with_system_prompt(r["messages"], systems[name])} for r in eval_set.rows],
             desc=name if progress else None,
             **{k: v for k, v in generation.items() if k != "seed"},
         )
@@ -298,6 +302,7 @@ def evaluate_models(
                 "kind": "adapter" if adapter else "base",
                 "path": adapter.path if adapter else base,
                 "revision": adapter.revision if adapter else base_revision,
+                "system_prompt": _system_used(eval_set.rows, systems[name]),
                 "generation_seconds": round(seconds, 2),
                 "metrics": summary,
                 "per_example": per_example,
@@ -308,6 +313,12 @@ def evaluate_models(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return _assemble(eval_set, base, base_revision, generation, tolerance, models, answers, worst)
+
+
+def _system_used(rows: list[dict], added: str | None) -> str | None:
+    """The system prompt the rows were asked with: one text, or None when none (or rows differ)."""
+    texts = {rendering.reply_text(r["messages"][0]) if r["messages"][0]["role"] == "system" else added for r in rows}
+    return texts.pop() if len(texts) == 1 else None
 
 
 def _assemble(

@@ -44,7 +44,7 @@ def default_probe(eval_rows: Sequence[dict], size: int = DEFAULT_PROBE_SIZE) -> 
 
 def load_probe(path: str | Path, system_prompt: str | None = None) -> list[dict]:
     """A probe file: JSON list or JSONL of {"question": str, "image": optional path relative to the file}."""
-    from PIL import Image
+    from vlm_sft.rendering import load_image
 
     path = Path(path)
     try:
@@ -69,8 +69,8 @@ def load_probe(path: str | Path, system_prompt: str | None = None) -> list[dict]
         if record.get("image"):
             image_path = path.parent / record["image"]
             try:
-                images = [Image.open(image_path).convert("RGB")]
-            except OSError as err:
+                images = [load_image(image_path)]  # the pixels training and eval give the model
+            except (OSError, ValueError) as err:
                 raise ProbeError(f"{path}: record {i}: cannot open image {image_path} ({err}).") from err
         rows.append(_row(record["question"], images, system))
     if not rows:
@@ -119,11 +119,11 @@ def _processor(base: str, revision: str | None, adapters: list[dict]) -> Any:
     """The first adapter's saved processor (the chat template it was trained with), else the base's."""
     from transformers import AutoProcessor
 
-    from vlm_sft.hub.adapters import resolve_adapter
+    from vlm_sft.hub.adapters import load_adapter_processor, resolve_adapter
 
     for m in adapters:
-        try:
-            processor = AutoProcessor.from_pretrained(str(resolve_adapter(m["path"], m["revision"])))
+        try:  # with the training template, as `vlm-sft eval` renders the adapter's prompts
+            processor = load_adapter_processor(resolve_adapter(m["path"], m["revision"]))
         except (OSError, ValueError):
             continue
         if getattr(processor, "chat_template", None):

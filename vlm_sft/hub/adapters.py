@@ -268,6 +268,12 @@ def base_of(adapter_dir: Path, base: str | None) -> tuple[str, str | None]:
     return name, revision
 
 
+def trained_system_prompt(adapter_dir: str | Path) -> str | None:
+    """The system prompt the run that saved `adapter_dir` trained with (its training summary), or None."""
+    path = Path(adapter_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
+
+
 def load_base_model(base: str, revision: str | None = None, dtype: Any = "auto", device_map: str | None = None) -> Any:
     """The base model in 16/32-bit (never quantized), from safetensors: what inference, eval and merging start from.
 
@@ -324,14 +330,23 @@ def load_adapter_model(
     device_map: str | None = None,
 ) -> tuple[Any, Any, Path]:
     """(base + adapter in eval mode, the adapter's processor, the adapter's local folder)."""
-    from transformers import AutoProcessor
-
     adapter_dir = resolve_adapter(adapter, revision)
     base_name, base_revision = base_of(adapter_dir, base)
     model = attach_adapter(load_base_model(base_name, base_revision, dtype, device_map), adapter_dir)
     model.eval()
-    processor = AutoProcessor.from_pretrained(adapter_dir)  # the run's processor and chat template
-    return model, processor, adapter_dir
+    return model, load_adapter_processor(adapter_dir), adapter_dir
+
+
+def load_adapter_processor(adapter_dir: Path) -> Any:
+    """The run's processor and chat template; an adapter saved before the training template gets it applied
+    (`vlm_sft.rendering.use_training_template`), so prompts render as its training did."""
+    from transformers import AutoProcessor
+
+    from vlm_sft.rendering import use_training_template
+
+    processor = AutoProcessor.from_pretrained(adapter_dir)
+    use_training_template(processor)
+    return processor
 
 
 def trained_dtype(adapter_dir: Path) -> str | None:
@@ -365,8 +380,6 @@ def merge_adapter(
     after; the result goes to merge_check.json and the card. A failed check raises `MergeCheckError` and
     leaves the merge aside in `<out_dir>.failed-check-*` for inspection; the adapter is never touched.
     """
-    from transformers import AutoProcessor
-
     if dtype not in MERGE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MERGE_DTYPES)} (never a quantized base); got {dtype!r}.")
     out = Path(out_dir)
@@ -383,7 +396,7 @@ def merge_adapter(
             "%s was trained with dtype %s; merging in %s (--dtype %s to match).", adapter, trained, dtype, trained
         )
     model = attach_adapter(load_base_model(base_name, base_revision, dtype), adapter_dir)
-    processor = AutoProcessor.from_pretrained(adapter_dir)  # processor + chat template travel along
+    processor = load_adapter_processor(adapter_dir)  # processor + training chat template travel along
     if check is not None:
         check.record(model.eval(), processor)
     merged = model.merge_and_unload()  # W + (alpha / r) * B @ A, and the fully trained projector swapped in
@@ -401,6 +414,7 @@ def merge_adapter(
             base_model=base_model_id or (base_name if is_hub_id(base_name) else None),
             dtype=dtype,
             out_ref=str(out),
+            template_dir=partial,
         )
         if result is not None:
             card.content = card.content.rstrip("\n") + "\n\n" + check_paragraph(result)

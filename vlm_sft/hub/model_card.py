@@ -284,6 +284,7 @@ def adapter_card_values(
         "system_prompt": system_prompt,
         "system_prompt_repr": repr(system_prompt),
         "serving": serving_paragraph(adapter_config, summary),
+        "chat_template": chat_template_note(out),
         "precision": precision_line(summary["training_precision"]) if summary.get("training_precision") else None,
         "lora_rows": lora_rows(adapter_config, summary, params),
         "quantization": quantization_text(summary),
@@ -317,8 +318,12 @@ def merged_card_values(
     base_model: str | None,
     dtype: str,
     out_ref: str,
+    template_dir: str | Path | None = None,
 ) -> tuple[ModelCardData, dict[str, Any]]:
-    """The merged model's metadata (`base_model_relation: merge`) and the values templates/merged_card.md shows."""
+    """The merged model's metadata (`base_model_relation: merge`) and the values templates/merged_card.md shows.
+
+    `template_dir`: where the merged processor was saved (its chat template is described; default: the adapter's).
+    """
     adapter_config, summary, params, _ = _load_inputs(Path(adapter_dir))
     base = resolve_base_model(adapter_config, summary, base_model, required=False)
     base_path = summary.get("base_model_name_or_path") or adapter_config.get("base_model_name_or_path")
@@ -349,6 +354,7 @@ def merged_card_values(
             base or str(base_path), out_ref, merged=True, system_prompt=summary.get("system_prompt")
         ),
         "lora_rows": lora_rows(adapter_config, summary, params),
+        "chat_template": chat_template_note(Path(template_dir or adapter_dir)),
         "extra_sections": [],
         "versions": framework_versions(),
     }
@@ -358,6 +364,14 @@ def merged_card_values(
 def build_merged_card(adapter_dir: str | Path, **options: Any) -> ModelCard:
     """The card of a model merged from an adapter (options: those of `merged_card_values`)."""
     return render_card("merged_card.md", *merged_card_values(adapter_dir, **options))
+
+
+def chat_template_note(folder: Path) -> str | None:
+    """The "Chat template" section: what vlm-sft changed in the saved template and why (None: nothing changed)."""
+    from vlm_sft.rendering import template_note
+
+    note = template_note(folder)
+    return f"{note} Prompts built from it match the training text exactly." if note else None
 
 
 def write_training_card(

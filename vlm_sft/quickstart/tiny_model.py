@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 # The chat template of llava-hf/llava-1.5-7b-hf (as pinned in transformers'
 # tests/models/llava/test_processing_llava.py, without generation markers). It renders no
-# end-of-turn token after a reply: the collator adds the tokenizer's eos there.
+# end-of-turn token after a reply: the training template (vlm_sft.rendering) renders the eos there.
 LLAVA_15_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}"
     "{{ message['role'].upper() + ': '}}{% endif %}"
