@@ -186,6 +186,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from vlm_sft.modeling.setup import apply_lora, load_model
     from vlm_sft.training.config import VisionArguments
+    from vlm_sft.training.train import FrozenVisionTowerCallback
 
     torch.manual_seed(0)
     folder = model_dir(args.size)
@@ -268,7 +269,7 @@ def worker(args: argparse.Namespace) -> dict:
             train_dataset=data,
             data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[Window()],
+            callbacks=[FrozenVisionTowerCallback(parts), Window()],  # as training has it
         )
         trainer.train()
     result["measured"] = result["peak_rss"] - baseline

@@ -70,7 +70,8 @@ _TEXT_TARGETS = {
 _VISION_TARGETS = {
     "qv": ("q_proj", "v_proj", "qkv"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w+"),
+    # `mlp\.\w+` would also hit Qwen2.5-VL's activation module (mlp.act_fn), which PEFT refuses
+    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", r"attn\.proj", "fc1", "fc2", r"mlp\.\w+_proj"),
 }
 
 
