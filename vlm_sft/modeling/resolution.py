@@ -37,6 +37,10 @@ PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+class ResolutionError(ValueError):
+    """A resolution key the family does not take, or settings over the token ceiling: a bad recipe (exit 2)."""
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """The resolution keys of a recipe (None: the processor's own value)."""
@@ -63,7 +67,7 @@ def check_supported(model_type: str, settings: ImageSettings) -> None:
         return  # an unknown family is refused by vlm_sft.modeling.setup.components_for
     for key in settings.given():
         if key not in allowed:
-            raise ValueError(
+            raise ResolutionError(
                 f"{key} is not supported by the {model_type} family (its processor has no such setting); "
                 f"it takes: {', '.join(allowed)}. Remove {key} from the recipe."
             )
@@ -141,7 +145,7 @@ def check_ceiling(config: Any, settings: ImageSettings) -> None:
         **dict.fromkeys(QWEN_VL, "lower image_max_pixels"),
         **dict.fromkeys(IDEFICS, "lower image_longest_edge or set image_splitting: false"),
     }.get(model_type, f"the {model_type} family's token count per image is fixed: raise max_image_tokens")
-    raise ValueError(
+    raise ResolutionError(
         f"max_image_tokens={settings.max_image_tokens}: the {model_type} family gives up to {tokens} tokens per "
         f"image with these settings; {fix}."
     )
@@ -169,3 +173,10 @@ def apply_to_processor(processor: Any, model_type: str, settings: ImageSettings,
             image_processor.size = {"longest_edge": given["image_longest_edge"]}
         if "image_splitting" in given:
             image_processor.do_image_splitting = given["image_splitting"]
+
+
+def configure_processor(processor: Any, config: Any, settings: ImageSettings) -> None:
+    """Check the recipe's resolution keys against the family and the token ceiling, then set them on the processor."""
+    check_supported(config.model_type, settings)
+    check_ceiling(config, settings)
+    apply_to_processor(processor, config.model_type, settings, config)

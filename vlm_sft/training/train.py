@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoProcessor, TrainerCallback, set_seed
+from transformers import AutoConfig, AutoProcessor, TrainerCallback, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
@@ -17,7 +17,9 @@ from vlm_sft.evaluation.plots import write_loss_plot
 from vlm_sft.hub.adapters import push_after_training, take_over_push
 from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
+from vlm_sft.modeling.resolution import ImageSettings, ResolutionError, configure_processor
 from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
+from vlm_sft.quickstart.workbench import ensure_workbench_images
 from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
@@ -127,12 +129,22 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     """Validated splits, the processor and the collator; the too_long policy applied to whole splits."""
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
+    if PartialState().is_main_process:  # a fresh clone has no drawings yet; one process draws them
+        ensure_workbench_images(vision.train_file, vision.eval_file)
+    PartialState().wait_for_everyone()
     train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    # Resolution keys go into the processor once; it is saved to output_dir, so eval/infer/merge see the same images.
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    configure_processor(processor, config, ImageSettings.from_args(vision))
     pad_multiple = training_args.pad_to_multiple_of  # TRL's "auto" pads only on Neuron devices
     collator = VisionSFTCollator(
         processor,
@@ -253,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(script_args, training_args, model_args, vision)
+    except ResolutionError as err:  # a resolution key the family does not take: the recipe is wrong
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
