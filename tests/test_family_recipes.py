@@ -149,3 +149,20 @@ def test_workbench_images_are_drawn_on_first_use(tmp_path, monkeypatch):
     )
     assert len(train) >= 20 and len(evaluation) >= 1  # every image the conversations name now exists
     assert not workbench.ensure_workbench_images(str(copy / "train.json"))  # drawn once
+
+
+def test_readme_family_table_matches_the_estimator(capsys):
+    """The README's table (family, recipe, image tokens, memory) is what `vlm-sft estimate` prints today."""
+    import json
+    import re
+
+    from vlm_sft.cli import main as cli_main
+
+    rows = re.findall(r"^\| [^|]+ \| (\S+) \| `(\w+\.yaml)` [^|]*\| [^|]*\| ([\d.]+) GiB \|$",
+                      (REPO / "README.md").read_text(), flags=re.M)  # fmt: skip
+    assert {recipe for _, recipe, _ in rows} == set(FAMILY_RECIPES)
+    for model, recipe, gib in rows:
+        assert cli_main(["estimate", model, "--recipe", str(REPO / "recipes" / recipe), "--json"]) == 0
+        total = json.loads(capsys.readouterr().out)["total_gib"]["checkpointing_on"]
+        assert f"{total:.1f}" == gib, (recipe, total)
+        assert f"{total:.1f} GiB" in (REPO / "recipes" / recipe).read_text() or recipe == "llava_qlora.yaml"
