@@ -372,3 +372,27 @@ def test_resolution_keys_change_image_tokens(capsys):
     assert cli_main(["estimate", "google/gemma-3-4b-it", "--image_max_pixels", "1000"]) == 1
     err = capsys.readouterr().err
     assert "image_max_pixels is not supported by the gemma3 family" in err
+
+
+def test_cli_data_uses_your_images(tmp_path, capsys):
+    """--data: image tokens per sample from the user's own image sizes at the recipe's resolution."""
+    from PIL import Image
+
+    rows = []
+    for i, size in enumerate([(448, 336), (4032, 3024), (100, 100)]):
+        Image.new("RGB", size, (90, 90, 90)).save(tmp_path / f"p{i}.png")
+        convs = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A photo."}]
+        rows.append({"id": f"photo-{i}", "image": f"p{i}.png", "conversations": convs})
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    argv = ["estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--recipe", "recipes/qwen2_5_vl_7b_qlora.yaml", "--json"]
+    assert cli_main([*argv, "--data", str(tmp_path / "train.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the 12-megapixel photo is resized (aspect kept) into the recipe's 1,003,520-pixel budget, as the processor does
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    h, w = smart_resize(3024, 4032, 28, 3136, 1003520)
+    assert out["data"]["max"] == h * w // 28**2 == out["image_tokens_per_image"] <= 1280
+    assert out["data"]["max_sample"] == "photo-1"
+    assert out["data"]["samples"] == 3 and out["data"]["p50"] == 16 * 12  # 448 x 336 px
+    assert cli_main([*argv, "--data", str(tmp_path / "train.json"), "--image_max_pixels", str(28 * 28 * 64)]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["max"] <= 64

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _option(parser, key, type=int, help="image resolution (see vlm_sft/modeling/resolution.py)")
     _option(parser, "image_splitting", action=flag, default=None, help="Idefics3/SmolVLM: cut images into tiles")
     parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="your conversations: image tokens per sample from your own images (p99, max); the estimate uses the max",
+    )
+    parser.add_argument("--image-dir", type=Path, help="folder --data's image paths are relative to")
+    parser.add_argument(
         "--kbit-upcast",
         action=flag,
         default=None,
@@ -166,7 +173,7 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     return recipe_values(load_recipe(args.recipe))
 
 
-def _setup_and_shape(args: argparse.Namespace, config: Any) -> tuple[Any, ModelShape]:
+def _setup_and_shape(args: argparse.Namespace, config: Any) -> tuple[Any, ModelShape, ImageSettings]:
     recipe = _recipe(args)
     keys = ("per_device_train_batch_size", "lora_r", "lora_target", "dtype", "bf16", "fp16", "load_in_4bit")
     for key in (*_RESOLUTION, *keys, "use_bnb_nested_quant", "activation_checkpointing"):
@@ -187,7 +194,35 @@ def _setup_and_shape(args: argparse.Namespace, config: Any) -> tuple[Any, ModelS
         "kbit_fp32_upcast": args.kbit_upcast,
         "device": args.device,
     }
-    return setup_from_recipe(recipe, **overrides), shape
+    return setup_from_recipe(recipe, **overrides), shape, images
+
+
+def _data_image_tokens(args: argparse.Namespace, config: Any, settings: ImageSettings) -> dict[str, Any]:
+    """Image tokens per sample of --data at the recipe's resolution (arithmetic on each image's size, no processor)."""
+    from vlm_sft.data.loading import check_conversations, to_dataset
+    from vlm_sft.data.problems import errors
+    from vlm_sft.data.stats import percentile
+    from vlm_sft.modeling.resolution import image_tokens
+
+    checked = check_conversations(args.data, args.image_dir)
+    if errors(checked.problems):
+        raise ValueError(f"{args.data} has invalid samples; run `vlm-sft data validate {args.data}` and fix them.")
+    lm, tower = [], []
+    for images in to_dataset(checked)["images"]:
+        counts = [image_tokens(config, settings, image.size) for image in images or []]
+        lm.append(sum(c[0] for c in counts))
+        tower.append(sum(c[1] for c in counts))
+    worst = max(range(len(lm)), key=lm.__getitem__, default=None)
+    sample = checked.samples[worst] if worst is not None else None
+    name = None if sample is None else sample.sample_id or f"sample {sample.index}"
+    return {
+        "samples": len(lm),
+        "p50": percentile(lm, 50),
+        "p99": percentile(lm, 99),
+        "max": max(lm, default=0),
+        "max_sample": name,
+        "vision_tokens_max": tower[worst] if worst is not None else 0,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,9 +230,16 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
+    data = None
     try:
         config, source = resolve_config(args.model)
-        setup, shape = _setup_and_shape(args, config)
+        setup, shape, settings = _setup_and_shape(args, config)
+        if args.data is not None:
+            data = _data_image_tokens(args, config, settings)
+            # the sample with the most image tokens, as one "image" of that many tokens
+            vision = replace(shape.vision, tokens=data["vision_tokens_max"])
+            shape = replace(shape, image_tokens=data["max"], vision=vision)
+            setup = replace(setup, images_per_sample=1)
         est = estimate(shape, setup)
     except (OSError, ValueError) as err:  # ConfigNotFound, unsupported family, bad recipe value
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -208,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             "source": source,
             "setup": asdict(setup),
             "image_tokens_per_image": shape.image_tokens,
+            "data": data,
             "counts": est.counts,
             "static": [asdict(x) for x in est.static],
             "activations": {("on" if k else "off"): [asdict(x) for x in v] for k, v in est.activations.items()},
@@ -220,4 +263,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_report(est, args.model, str(args.recipe) if args.recipe else None))
     print(f"config: {source}")
+    if data is not None:
+        print(
+            f"data: {args.data}, {data['samples']} samples; image tokens per sample p50 {data['p50']}, "
+            f"p99 {data['p99']}, max {data['max']} ({data['max_sample']}): the estimate uses the max."
+        )
     return 0
