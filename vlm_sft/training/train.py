@@ -129,10 +129,6 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     """Validated splits, the processor and the collator; the too_long policy applied to whole splits."""
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
-    if PartialState().is_main_process:  # a fresh clone has no drawings yet; one process draws them
-        ensure_workbench_images(vision.train_file, vision.eval_file)
-    PartialState().wait_for_everyone()
-    train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -144,7 +140,11 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
-    configure_processor(processor, config, ImageSettings.from_args(vision))
+    configure_processor(processor, config, ImageSettings.from_args(vision))  # a key the family lacks: refused here
+    if PartialState().is_main_process:  # a fresh clone has no drawings yet; one process draws them
+        ensure_workbench_images(vision.train_file, vision.eval_file)
+    PartialState().wait_for_everyone()
+    train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
     pad_multiple = training_args.pad_to_multiple_of  # TRL's "auto" pads only on Neuron devices
     collator = VisionSFTCollator(
         processor,
