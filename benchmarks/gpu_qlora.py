@@ -148,7 +148,7 @@ def make_qwen_batch(config, batch_size: int, device) -> dict:
 def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing: bool, steps: int) -> dict:
     from trl import ModelConfig
 
-    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
     from vlm_sft.training.config import VisionArguments
 
     args = ModelConfig(
@@ -166,6 +166,7 @@ def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = apply_lora(model, parts, args, VisionArguments(lora_target="attention"))
+    keep_frozen_vision_tower_out_of_backward(model, parts)  # as training's FrozenVisionTowerCallback does
     device = next(p.device for p in model.parameters() if p.requires_grad)
     weights_gb = torch.cuda.memory_allocated() / 2**30 if cuda else None
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
