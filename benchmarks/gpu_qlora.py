@@ -2,6 +2,11 @@
 
     python benchmarks/gpu_qlora.py --size 7b --out gpu_results.json   # on a GPU machine
     python benchmarks/gpu_qlora.py --size tiny --steps 2                # CPU smoke test (CI-size)
+    python benchmarks/gpu_qlora.py --size qwen2.5-vl-7b --out gpu_qwen.json   # Qwen2.5-VL-7B shape (GPU)
+    python benchmarks/gpu_qlora.py --size qwen-tiny --steps 1           # its CPU smoke test
+
+Qwen2.5-VL-7B: the shipped config (vlm_sft/modeling/builtin_configs), random weights, the settings of
+recipes/qwen2_5_vl_7b_qlora.yaml: one 980 x 980 px image per sample = 70 x 70 patches = 1,225 tokens.
 
 Random weights built from config (CLIP ViT-L/14-336 + Llama-2-7B text, vocab 32064), saved once as
 safetensors, then loaded through the project's own model setup (`vlm_sft.modeling.setup.load_model` +
@@ -43,24 +48,46 @@ SIZES = {
     },
 }  # fmt: skip
 TEXT_TOKENS = 160
+# Qwen2.5-VL: patches per side of each image (merged 2 x 2 into one token): 70 x 70 -> 1,225 tokens, the largest
+# square image under recipes/qwen2_5_vl_7b_qlora.yaml's image_max_pixels (980 x 980 px).
+QWEN_GRID = {"qwen2.5-vl-7b": 70, "qwen-tiny": 4}
+QWEN_TINY = {
+    "text": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                                           "mrope_section": [4, 6, 6]}},
+    "vision": {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "out_hidden_size": 128,
+               "fullatt_block_indexes": [1]},
+}  # fmt: skip
+
+
+def qwen_config(size: str):
+    """The shipped Qwen2.5-VL-7B-Instruct config, or a toy of it with the same image geometry."""
+    from vlm_sft.cli.estimate import resolve_config
+
+    config = resolve_config("Qwen/Qwen2.5-VL-7B-Instruct")[0]
+    if size == "qwen-tiny":
+        data = config.to_dict()
+        data["text_config"].update(QWEN_TINY["text"])
+        data["text_config"].pop("layer_types", None)  # derived again from num_hidden_layers
+        data["vision_config"].update(QWEN_TINY["vision"])
+        config = type(config).from_dict(data)
+    return config
 
 
 def build_checkpoint(size: str, out: Path) -> Path:
     """Random-weight LLaVA of the given size saved as bf16 safetensors (built on the GPU when there is one)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    spec = SIZES[size]
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**spec["vision"]),
-        text_config=LlamaConfig(**spec["text"], max_position_embeddings=4096),
-        image_token_id=spec["text"]["vocab_size"] - 64,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    if size in QWEN_GRID:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model_cls, config = Qwen2_5_VLForConditionalGeneration, qwen_config(size)
+    else:
+        model_cls, config = LlavaForConditionalGeneration, _llava_config(size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         torch.manual_seed(0)
-        model = LlavaForConditionalGeneration(config).to(torch.bfloat16)
+        model = model_cls(config).to(torch.bfloat16)
     model.save_pretrained(out)
     del model
     gc.collect()
@@ -68,7 +95,22 @@ def build_checkpoint(size: str, out: Path) -> Path:
     return out
 
 
+def _llava_config(size: str):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    spec = SIZES[size]
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**spec["vision"]),
+        text_config=LlamaConfig(**spec["text"], max_position_embeddings=4096),
+        image_token_id=spec["text"]["vocab_size"] - 64,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
 def make_batch(config, batch_size: int, device) -> dict:
+    if config.model_type == "qwen2_5_vl":
+        return make_qwen_batch(config, batch_size, device)
     n_image = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     ids = torch.randint(10, config.image_token_id - 1, (batch_size, n_image + TEXT_TOKENS))
     ids[:, 1 : 1 + n_image] = config.image_token_id
@@ -83,10 +125,30 @@ def make_batch(config, batch_size: int, device) -> dict:
     }
 
 
+def make_qwen_batch(config, batch_size: int, device) -> dict:
+    """Qwen2.5-VL inputs as its processor makes them: flattened patches, the grid, and token types for M-RoPE."""
+    vc = config.vision_config
+    side = QWEN_GRID["qwen-tiny" if vc.depth == QWEN_TINY["vision"]["depth"] else "qwen2.5-vl-7b"]
+    n_image = side * side // vc.spatial_merge_size**2
+    ids = torch.randint(10, 150_000, (batch_size, n_image + TEXT_TOKENS))
+    ids[:, 1 : 1 + n_image] = config.image_token_id
+    labels = ids.clone()
+    labels[:, : 1 + n_image + TEXT_TOKENS // 2] = -100
+    patch = 3 * vc.temporal_patch_size * vc.patch_size**2
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "mm_token_type_ids": (ids == config.image_token_id).int().to(device),
+        "pixel_values": torch.randn(batch_size * side * side, patch, dtype=torch.bfloat16).to(device),
+        "image_grid_thw": torch.tensor([[1, side, side]] * batch_size).to(device),
+        "labels": labels.to(device),
+    }
+
+
 def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing: bool, steps: int) -> dict:
     from trl import ModelConfig
 
-    from vlm_sft.modeling.setup import apply_lora, load_model
+    from vlm_sft.modeling.setup import apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
     from vlm_sft.training.config import VisionArguments
 
     args = ModelConfig(
@@ -104,6 +166,7 @@ def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = apply_lora(model, parts, args, VisionArguments(lora_target="attention"))
+    keep_frozen_vision_tower_out_of_backward(model, parts)  # as training's FrozenVisionTowerCallback does
     device = next(p.device for p in model.parameters() if p.requires_grad)
     weights_gb = torch.cuda.memory_allocated() / 2**30 if cuda else None
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
@@ -139,7 +202,7 @@ def run_config(checkpoint: Path, *, qlora: bool, batch_size: int, checkpointing:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--size", choices=sorted([*SIZES, *QWEN_GRID]), default="7b")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--modes", nargs="+", default=["qlora", "bf16-lora"], choices=["qlora", "bf16-lora"])

@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/measure_memory.py                      # 10M, 50M, 150M x lora, qlora x GC on/off
     .venv/bin/python benchmarks/measure_memory.py --sizes 10m --modes qlora --checkpointing on
+    .venv/bin/python benchmarks/measure_memory.py --sizes qwen2.5-vl,gemma3,idefics3   # other families
+
+The other families (benchmarks/family_shapes.py) are tiny-but-real-shaped Qwen2.5-VL, Gemma 3 and Idefics3:
+the recipe models' vocabularies, image geometry and layer structure, narrow and shallow layers.
 
 Models are LLaVA-1.5-shaped (CLIP vision tower + 2-layer MLP projector + Llama language model,
 vocabulary 32064) at three sizes, random weights built from `LlavaConfig`, saved once under
@@ -36,6 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # family_shapes.py, beside this file
+from family_shapes import FAMILY_SIZES, FamilyBatches, family_config  # noqa: E402
+
 CACHE = REPO / ".cache" / "memory-bench"
 MiB = 1024**2
 
@@ -106,7 +113,12 @@ def model_dir(name: str) -> Path:
     if (out / "model.safetensors").exists():
         return out
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(llava_config(SIZES[name])).to(torch.bfloat16)
+    if name in FAMILY_SIZES:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_config(family_config(name)).to(torch.bfloat16)
+    else:
+        model = LlavaForConditionalGeneration(llava_config(SIZES[name])).to(torch.bfloat16)
     tmp = out.with_name(name + ".partial")
     model.save_pretrained(tmp)
     tmp.rename(out)  # a crash mid-build never leaves a folder that looks complete
@@ -186,13 +198,17 @@ def worker(args: argparse.Namespace) -> dict:
 
     from vlm_sft.modeling.setup import apply_lora, load_model
     from vlm_sft.training.config import VisionArguments
+    from vlm_sft.training.train import FrozenVisionTowerCallback
 
     torch.manual_seed(0)
     folder = model_dir(args.size)
-    size = SIZES[args.size]
-    image_tokens = (size.image_size // size.patch_size) ** 2
     data = Dataset.from_dict({"seed": list(range(args.batch_size * args.steps))})
-    collator = RandomBatches(image_tokens, args.text_tokens, size.image_size, size.vocab_size)
+    if args.size in FAMILY_SIZES:
+        collator = FamilyBatches(args.size, args.text_tokens)
+    else:
+        size = SIZES[args.size]
+        image_tokens = (size.image_size // size.patch_size) ** 2
+        collator = RandomBatches(image_tokens, args.text_tokens, size.image_size, size.vocab_size)
     tokenizer = _tokenizer()
     _release_freed_memory()
     baseline = _rss_bytes()
@@ -268,7 +284,7 @@ def worker(args: argparse.Namespace) -> dict:
             train_dataset=data,
             data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[Window()],
+            callbacks=[FrozenVisionTowerCallback(parts), Window()],  # as training has it
         )
         trainer.train()
     result["measured"] = result["peak_rss"] - baseline
@@ -341,11 +357,19 @@ def _setup(args: argparse.Namespace, mode: str, checkpointing: str):
     )
 
 
+def _shape(size: str):
+    from vlm_sft.modeling.memory import ModelShape
+
+    if size in FAMILY_SIZES:
+        return ModelShape.from_config(family_config(size), FAMILY_SIZES[size]["images"])
+    return ModelShape.from_config(llava_config(SIZES[size]))
+
+
 def _estimates(args: argparse.Namespace, size: str, mode: str, checkpointing: str) -> dict[str, int]:
     """Estimated peak, and the peak outside the loss head (weights + saved activations + a layer's backward)."""
-    from vlm_sft.modeling.memory import ModelShape, activation_phases, estimate
+    from vlm_sft.modeling.memory import activation_phases, estimate
 
-    shape = ModelShape.from_config(llava_config(SIZES[size]))
+    shape = _shape(size)
     setup = _setup(args, mode, checkpointing)
     est = estimate(shape, setup)
     phases = activation_phases(shape, setup, setup.gradient_checkpointing)
@@ -383,7 +407,7 @@ def _err(estimate: int, measured: int) -> str:
 
 def _row_text(row: dict) -> str:
     cells = [
-        f"{row['model']:>5}",
+        f"{row['model']:>10}",
         f"{row['params'] / 1e6:6.1f}M",
         f"{row['mode']:>5}",
         f"{row['checkpointing']:>4}",
@@ -404,7 +428,7 @@ def _row_text(row: dict) -> str:
 
 
 def _header(tensors: bool, glibc: bool) -> str:
-    head = f"{'model':>5} {'params':>7} {'mode':>5} {'ckpt':>4} {'estimate':>8} {'RSS':>8} {'error':>6}"
+    head = f"{'model':>10} {'params':>7} {'mode':>5} {'ckpt':>4} {'estimate':>8} {'RSS':>8} {'error':>6}"
     if tensors:
         head += f" {'tensors':>8} {'error':>6} {'est-layer':>8} {'tns-layer':>8} {'error':>6}"
     if glibc:
@@ -414,7 +438,8 @@ def _header(tensors: bool, glibc: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10m,50m,150m", help=f"comma-separated, from {', '.join(SIZES)}")
+    every = ", ".join([*SIZES, *FAMILY_SIZES])
+    parser.add_argument("--sizes", default="10m,50m,150m", help=f"comma-separated, from {every}")
     parser.add_argument("--modes", default="lora,qlora", help="lora (bf16 base) and/or qlora (4-bit NF4 base)")
     parser.add_argument("--checkpointing", default="on,off", help="gradient (activation) checkpointing: on, off")
     parser.add_argument("--steps", type=int, default=2, help="training steps; the peak is taken over steps 2..N")
@@ -433,14 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    from vlm_sft.modeling.memory import ModelShape
-
     for name in args.sizes.split(","):
         model_dir(name)  # built once, outside the measured processes
     rows = []
     print(_header(args.tensors, args.glibc), flush=True)
     for name in args.sizes.split(","):
-        params = ModelShape.from_config(llava_config(SIZES[name])).num_params()
+        params = _shape(name).num_params()
         for mode in args.modes.split(","):
             for ckpt in args.checkpointing.split(","):
                 row = {"model": name, "params": params, "mode": mode, "checkpointing": ckpt}

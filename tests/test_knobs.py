@@ -66,6 +66,11 @@ RUNS = {
         *("--lora_target_modules", "q_proj", "v_proj", "--train_vision_tower", "true"),
         *("--load_in_8bit", "true", "--dtype", "float32", "--bf16", "false"),
     ],
+    # Learning rates per part (LoRA+ on the language model, a slower LoRA'd vision tower) and the text limit.
+    "part-rates": [
+        *("--loraplus_lr_ratio", "4", "--lora_on_vision_tower", "true", "--vision_tower_lr", "1e-5"),
+        *("--max_text_chars", "5000"),
+    ],
 }
 # Documented keys checked by another test that runs them.
 ELSEWHERE = {
@@ -73,6 +78,15 @@ ELSEWHERE = {
     "overwrite_output_dir": "test_checkpoints.py",
     "hub_base_model_id": "test_model_card.py",
     "eval_file": "test_quickstart.py",
+    # Resolution keys: every family recipe that sets them trains on its tiny model there.
+    "image_min_pixels": "test_family_recipes.py",
+    "image_max_pixels": "test_family_recipes.py",
+    "image_longest_edge": "test_family_recipes.py",
+    "image_splitting": "test_family_recipes.py",
+    "max_image_tokens": "test_family_recipes.py",
+    # Scored selection trains with these (kept step, early stop, a projector rate).
+    "early_stopping_patience": "test_scored_selection.py",
+    "projector_lr": "test_scored_selection.py",
 }
 
 
@@ -167,3 +181,15 @@ def test_refused_knobs_name_what_to_change(tmp_path, tiny_llava, data, capsys):
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and words in errors[0] and "Traceback" not in err, (extra, err[-2000:])
+
+
+@pytest.mark.slow
+def test_part_learning_rate_knobs_train(tmp_path, tiny_llava, data):
+    from vlm_sft.training.train import main
+
+    out = tmp_path / "out"
+    assert main([*_base(tiny_llava, data, out), "--eval_file", "", *RUNS["part-rates"]]) == 0
+    assert sum("loss" in h for h in _log(out)) == 2
+    keys = _adapter_keys(out)
+    assert any("vision_tower" in k and "lora_B" in k for k in keys), "the vision tower's LoRA trains at its own rate"
+    assert any("language_model" in k and "lora_B" in k for k in keys)

@@ -254,9 +254,145 @@ def test_cli_unknown_model_is_a_clear_error(capsys):
     assert "No config for 'nobody/no-such-vlm'" in err and "llava-hf/llava-1.5-7b-hf" in err
 
 
-def test_cli_unsupported_family_is_a_clear_error(tmp_path, capsys):
-    from transformers import Qwen2VLConfig
+def test_cli_unmapped_family_is_a_clear_error(tmp_path, capsys):
+    from transformers import LlavaOnevisionConfig
 
-    Qwen2VLConfig().save_pretrained(tmp_path)
+    LlavaOnevisionConfig().save_pretrained(tmp_path)
     assert cli_main(["estimate", str(tmp_path)]) == 1
-    assert "does not know the 'qwen2_vl' family" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unsupported model family 'llava_onevision'") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- every family
+
+RECIPE_MODELS = {  # built-in config -> its published parameter count
+    "Qwen/Qwen2.5-VL-7B-Instruct": 8.29e9,
+    "Qwen/Qwen3-VL-4B-Instruct": 4.44e9,
+    "google/gemma-3-4b-it": 4.30e9,
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct": 2.25e9,
+    "HuggingFaceM4/Idefics3-8B-Llama3": 8.46e9,
+    "google/paligemma2-3b-pt-224": 3.03e9,
+    "llava-hf/llava-v1.6-mistral-7b-hf": 7.57e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_MODELS))
+def test_builtin_family_shapes(name):
+    shape = _shape(name)
+    assert shape.num_params() == pytest.approx(RECIPE_MODELS[name], rel=0.01)
+    assert shape.num_params("vision_tower") > 0 and shape.num_params("projector") > 0
+    # what 4-bit quantizes is the language model's linears, never the tower or the projector
+    assert all(m.component == "language_model" for m in shape.lm_linears()) and quantized_numel(shape) > 0
+    targets = lora_targets(shape, TrainingSetup(lora_target="attention"))
+    assert targets and {m.component for m in targets} == {"language_model"}
+    assert {m.name for m in targets} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3", "idefics3", "qwen3_vl"])
+def test_lora_count_matches_peft_on_tiny_families(family, tiny_dir):
+    """Shapes from the meta device and apply_lora's regex give PEFT's own LoRA parameter count, vision included."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vlm_sft.modeling.setup import components_for, lora_target_regex
+
+    config = AutoConfig.from_pretrained(tiny_dir(family))
+    shape = ModelShape.from_config(config)
+    for on_vision in (False, True):
+        model = AutoModelForImageTextToText.from_config(config)
+        regex = lora_target_regex(components_for(config), "all-linear", on_vision)
+        real = sum(
+            p.numel()
+            for n, p in get_peft_model(model, LoraConfig(r=4, target_modules=regex)).named_parameters()
+            if "lora_" in n
+        )
+        setup = TrainingSetup(lora_r=4, lora_target="all-linear", lora_on_vision_tower=on_vision)
+        assert lora_params(lora_targets(shape, setup), 4) == real, on_vision
+
+
+def test_cli_every_builtin_recipe_model_offline(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in RECIPE_MODELS:
+        assert cli_main(["estimate", name, "--json"]) == 0, name
+        out = json.loads(capsys.readouterr().out)
+        assert out["image_tokens_per_image"] > 0 and 1 < out["total_gib"]["checkpointing_on"] < 1000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-size", "0"],
+        ["--lora-r", "-5"],
+        ["--seq-len", "-100"],
+        ["--per_device_train_batch_size", "0"],
+        ["--max_image_tokens", "0"],
+    ],
+)
+def test_cli_refuses_impossible_numbers(argv, capsys):
+    assert cli_main(["estimate", "llava-1.5-7b", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --") and err.count("\n") == 1
+
+
+def test_cli_recipe_keys_and_old_spellings_agree(capsys):
+    outs = []
+    for argv in (["--per_device_train_batch_size", "3", "--lora_r", "8"], ["--batch-size", "3", "--lora-r", "8"]):
+        assert cli_main(["estimate", "llava-1.5-7b", "--recipe", "recipes/llava_qlora.yaml", "--json", *argv]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["setup"] == outs[1]["setup"] and outs[0]["setup"]["batch_size"] == 3
+    assert outs[0]["setup"]["lora_r"] == 8 and outs[0]["setup"]["double_quant"]  # the rest from the recipe
+
+
+def test_cli_recipe_with_an_unknown_key_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "recipes" / "llava_qlora.yaml").read_text() + "\nwarmup_ratio: 0.03\n")
+    assert cli_main(["estimate", "llava-1.5-7b", "--recipe", str(bad)]) == 1
+    assert "warmup_ratio" in capsys.readouterr().err
+
+
+def test_loss_tile_dtype_is_named_per_setup(capsys):
+    from vlm_sft.modeling.memory import compute_dtype
+
+    assert compute_dtype(setup_from_recipe(QLORA_RECIPE | {"bf16": True})) == "bf16"
+    assert compute_dtype(setup_from_recipe({"dtype": "float32", "bf16": False})) == "fp32"
+    assert compute_dtype(setup_from_recipe({"dtype": "float16", "fp16": True})) == "fp16"
+    for flags, tile in ((["--dtype", "float32", "--no-bf16"], "one fp32 tile"), (["--bf16"], "one bf16 tile")):
+        assert cli_main(["estimate", "llava-1.5-7b", "--device", "cpu", "--max_length", "64", *flags]) == 0
+        out = capsys.readouterr().out
+        assert tile in out.split("loss-head transient")[1].splitlines()[0], out
+
+
+def test_resolution_keys_change_image_tokens(capsys):
+    base = _shape("Qwen/Qwen2.5-VL-7B-Instruct").image_tokens
+    assert base == 16384  # the processor default: 12,845,056 pixels / 28^2
+    for argv, want in ((["--image_max_pixels", str(1024 * 28 * 28)], 1024), (["--max_image_tokens", "256"], 256)):
+        assert cli_main(["estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--json", *argv]) == 0
+        assert json.loads(capsys.readouterr().out)["image_tokens_per_image"] == want
+    assert cli_main(["estimate", "google/gemma-3-4b-it", "--image_max_pixels", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "image_max_pixels is not supported by the gemma3 family" in err
+
+
+def test_cli_data_uses_your_images(tmp_path, capsys):
+    """--data: image tokens per sample from the user's own image sizes at the recipe's resolution."""
+    from PIL import Image
+
+    rows = []
+    for i, size in enumerate([(448, 336), (4032, 3024), (100, 100)]):
+        Image.new("RGB", size, (90, 90, 90)).save(tmp_path / f"p{i}.png")
+        convs = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A photo."}]
+        rows.append({"id": f"photo-{i}", "image": f"p{i}.png", "conversations": convs})
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    argv = ["estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--recipe", "recipes/qwen2_5_vl_7b_qlora.yaml", "--json"]
+    assert cli_main([*argv, "--data", str(tmp_path / "train.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the 12-megapixel photo is resized (aspect kept) into the recipe's 1,003,520-pixel budget, as the processor does
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    h, w = smart_resize(3024, 4032, 28, 3136, 1003520)
+    assert out["data"]["max"] == h * w // 28**2 == out["image_tokens_per_image"] <= 1280
+    assert out["data"]["max_sample"] == "photo-1"
+    assert out["data"]["samples"] == 3 and out["data"]["p50"] == 16 * 12  # 448 x 336 px
+    assert cli_main([*argv, "--data", str(tmp_path / "train.json"), "--image_max_pixels", str(28 * 28 * 64)]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["max"] <= 64

@@ -21,7 +21,15 @@ from vlm_sft.data.formats import FORMATS, Sample
 from vlm_sft.data.loading import CheckedData, check_conversations, to_dataset
 from vlm_sft.data.problems import Problem, errors, format_report
 from vlm_sft.data.sources import JSON_SUFFIXES
-from vlm_sft.data.stats import compute_stats, format_stats, percentile, token_lengths
+from vlm_sft.data.stats import (
+    compute_stats,
+    format_image_token_stats,
+    format_stats,
+    image_token_counts,
+    image_token_stats,
+    percentile,
+    token_lengths,
+)
 from vlm_sft.data.validation import MAX_IMAGE_PIXELS, MAX_TEXT_CHARS
 
 _VALIDATE_DOC = (
@@ -48,7 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stats", help="Samples, turns, images, lengths, answer lengths.", description=_STATS_DOC
     )
     _data_arguments(stats)
-    stats.add_argument("--processor", metavar="ID_OR_PATH", help="Report lengths in tokens instead of characters.")
+    stats.add_argument(
+        "--processor",
+        metavar="ID_OR_PATH",
+        help="Report lengths in tokens and image tokens per image and per sample (default with --recipe: its model).",
+    )
+    stats.add_argument(
+        "--recipe",
+        type=Path,
+        metavar="YAML",
+        help="Apply the recipe's image-resolution keys to the processor and count samples over its max_length.",
+    )
     stats.add_argument("--json", action="store_true", help="Print the numbers as JSON.")
     stats.set_defaults(handler=_stats, parser=stats)
 
@@ -208,18 +226,53 @@ def _stats(args: argparse.Namespace) -> int:
         return 1
     dataset = to_dataset(checked)
     lengths = None
-    if args.processor:
-        processor = _load_processor(args)
-        if isinstance(processor, str):
-            return _usage_error(args, processor)
+    images = None
+    if args.processor or args.recipe:
+        loaded = _recipe_processor(args)
+        if isinstance(loaded, str):
+            return _usage_error(args, loaded)
+        processor, max_length = loaded
         lengths = token_lengths(dataset, processor)
         refused = _length_problems(checked, lengths, None)
         if refused:
             print(format_report(refused))
             return 1
+        names = [_name(sample) for sample in checked.samples]
+        images = image_token_stats(image_token_counts(dataset, processor), names, lengths, max_length)
     stats = compute_stats(dataset, lengths)
-    print(json.dumps(stats, indent=1) if args.json else f"{_describe(checked)}\n{format_stats(stats)}")
+    if images is not None:
+        stats["image_tokens"] = images
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        extra = f"\n{format_image_token_stats(images)}" if images is not None else ""
+        print(f"{_describe(checked)}\n{format_stats(stats)}{extra}")
     return 0
+
+
+def _recipe_processor(args: argparse.Namespace) -> tuple[object, int | None] | str:
+    """(processor with the recipe's resolution keys applied, the recipe's max_length), or why it cannot load."""
+    if args.recipe is None:
+        processor = _load_processor(args)
+        return processor if isinstance(processor, str) else (processor, None)
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlm_sft.modeling.resolution import ImageSettings, configure_processor
+    from vlm_sft.training.recipe import load_recipe
+
+    if not args.recipe.is_file():
+        return f"--recipe {args.recipe} does not exist."
+    try:
+        _, training_args, model_args, vision = load_recipe(args.recipe)
+        path = args.processor or model_args.model_name_or_path
+        remote = training_args.trust_remote_code
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+        configure_processor(
+            processor, AutoConfig.from_pretrained(path, trust_remote_code=remote), ImageSettings.from_args(vision)
+        )
+    except Exception as e:  # noqa: BLE001 - a bad recipe, an offline miss, a key the family lacks: one line
+        return f"cannot load the processor for {args.recipe} ({type(e).__name__}: {' '.join(str(e).split())})"
+    return processor, training_args.max_length
 
 
 def _init(args: argparse.Namespace) -> int:

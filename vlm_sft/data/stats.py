@@ -118,3 +118,75 @@ def format_stats(stats: dict, width: int = 40) -> str:
     for label, n in stats["answer_histogram"]:
         lines.append(f"  {label:>8} | {'#' * math.ceil(width * n / top):<{width}} {n}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- image tokens
+
+
+def image_token_id(processor: Any) -> int:
+    """The id of the token each image is expanded into (Gemma 3's processor calls its begin-of-image marker
+    `image_token`; the expanded soft token is the tokenizer's)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    name = getattr(tokenizer, "image_token", None) or getattr(processor, "image_token", None) or "<image>"
+    return tokenizer.convert_tokens_to_ids(name)
+
+
+def tokens_per_image(processor: Any, image: Any) -> int:
+    """Language-model tokens one image becomes with this processor and its resolution settings."""
+    text = "hi"  # PaliGemma has no chat template: its processor puts the image tokens before the text itself
+    if getattr(processor, "chat_template", None):
+        content = [{"type": "image"}, {"type": "text", "text": "hi"}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+    ids = processor(text=[text], images=[[image]])["input_ids"][0]
+    return list(ids).count(image_token_id(processor))
+
+
+def image_token_counts(dataset: datasets.Dataset, processor: Any) -> list[list[int]]:
+    """Tokens of each image of each sample, processed one image at a time (what the model sees per image)."""
+    return [[tokens_per_image(processor, image) for image in images or []] for images in dataset["images"]]
+
+
+def image_token_stats(
+    counts: list[list[int]],
+    names: list[str],
+    lengths: list[int] | None = None,
+    max_length: int | None = None,
+    longest: int = 5,
+) -> dict:
+    """Image tokens per image and per sample (p50/p90/max), the samples with the most, and how many samples are
+    longer than max_length (text plus image tokens, when lengths are given)."""
+    per_image = [n for sample in counts for n in sample]
+    per_sample = [sum(sample) for sample in counts]
+    order = sorted(range(len(counts)), key=lambda i: -(lengths[i] if lengths else per_sample[i]))
+    top = [
+        {"sample": names[i], "image_tokens": per_sample[i], **({"tokens": lengths[i]} if lengths else {})}
+        for i in order[:longest]
+        if per_sample[i] or lengths
+    ]
+    over = None
+    if max_length is not None and lengths is not None:
+        over = sum(n > max_length for n in lengths)
+    return {
+        "per_image": _summary(per_image, (50, 90)),
+        "per_sample": _summary(per_sample, (50, 90, 99)),
+        "longest_samples": top,
+        "max_length": max_length,
+        "over_max_length": over,
+    }
+
+
+def format_image_token_stats(stats: dict) -> str:
+    im, sa = stats["per_image"], stats["per_sample"]
+    lines = [
+        f"{'image tokens/image':<20} p50 {im['p50']}, p90 {im['p90']}, min {im['min']}, max {im['max']}",
+        f"{'image tokens/sample':<20} p50 {sa['p50']}, p90 {sa['p90']}, p99 {sa['p99']}, max {sa['max']}",
+    ]
+    if stats["max_length"] is not None and stats["over_max_length"] is not None:
+        lines.append(f"{'over max_length':<20} {stats['over_max_length']} samples longer than {stats['max_length']}")
+    elif stats["over_max_length"] is None and stats["max_length"] is None:
+        lines.append(f"{'over max_length':<20} none: no max_length (samples are never truncated)")
+    lines.append("longest samples:")
+    for row in stats["longest_samples"]:
+        total = f", {row['tokens']} tokens in all" if "tokens" in row else ""
+        lines.append(f"  {row['sample']}: {row['image_tokens']} image tokens{total}")
+    return "\n".join(lines)

@@ -264,7 +264,12 @@ def evaluate_models(
     # Each adapter's own processor (saved with it) when it has a chat template; the base's otherwise. A base
     # without a chat template (a pretrained, not chat-tuned, model) is prompted with the adapter's.
     own = {a.name: _adapter_processor(folders[a.name]) for a in adapters}
-    base_processor = _with_template(_load_processor(base, base_revision)) or next(filter(None, own.values()), None)
+    first_own = next(filter(None, own.values()), None)
+    base_processor = _with_template(_load_processor(base, base_revision)) or first_own
+    own_images = getattr(first_own, "image_processor", None)
+    if base_processor is not None and type(getattr(base_processor, "image_processor", None)) is type(own_images):
+        # The base sees the pixels the adapter was trained and is scored on (the run's resolution keys).
+        base_processor.image_processor = own_images
     generation = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,

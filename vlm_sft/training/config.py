@@ -44,6 +44,16 @@ class VisionArguments:
         vision_tower_lr: Learning rate of the vision tower's trained parameters (default: `learning_rate`).
         loraplus_lr_ratio: LoRA+: the B matrices learn this many times faster than `learning_rate` (PEFT's
             `create_loraplus_optimizer`; the paper suggests 16).
+        image_min_pixels: Qwen2/2.5/3-VL: the processor's smallest pixel budget per image (its `min_pixels`).
+        image_max_pixels: Qwen2/2.5/3-VL: the largest pixel budget per image (`max_pixels`); an image is resized
+            into it, so tokens per image <= image_max_pixels / (patch_size x merge_size)^2 (784 for Qwen2.5-VL).
+        image_longest_edge: Idefics3 / SmolVLM: the longest edge images are resized to before tiling.
+        image_splitting: Idefics3 / SmolVLM: cut images into encoder-sized tiles plus a global view (true) or
+            show one tile per image (false: fewest tokens).
+        max_image_tokens: Every family: the most language-model tokens one image may become. Qwen-VL without
+            image_max_pixels resizes to fit; for other families settings that can exceed it are refused.
+        Resolution keys are applied to the processor that training saves with the adapter (eval, infer and merge
+        load it); a key the family's processor has no setting for is an error (vlm_sft.modeling.resolution).
     """
 
     train_file: str | None = field(default=None, metadata={"help": "Training conversations (file or folder)."})
@@ -79,6 +89,12 @@ class VisionArguments:
     vision_tower_lr: float | None = field(default=None, metadata={"help": "Vision tower learning rate."})
     loraplus_lr_ratio: float | None = field(default=None, metadata={"help": "LoRA+ ratio of B to A learning rate."})
 
+    image_min_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL: min pixels per image."})
+    image_max_pixels: int | None = field(default=None, metadata={"help": "Qwen-VL: max pixels per image."})
+    image_longest_edge: int | None = field(default=None, metadata={"help": "Idefics3/SmolVLM: resized longest edge."})
+    image_splitting: bool | None = field(default=None, metadata={"help": "Idefics3/SmolVLM: split images into tiles."})
+    max_image_tokens: int | None = field(default=None, metadata={"help": "Ceiling on tokens per image (any family)."})
+
     def __post_init__(self) -> None:
         choices = {
             "data_format": ("auto", "llava", "messages"),
@@ -91,6 +107,11 @@ class VisionArguments:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         if not isinstance(self.max_text_chars, int) or self.max_text_chars < 1:
             raise ValueError(f"max_text_chars must be at least 1, e.g. 100000; got {self.max_text_chars}.")
+        for name in ("image_min_pixels", "image_max_pixels", "image_longest_edge", "max_image_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be a positive integer (or null for the processor's own); got {getattr(self, name)}."
+                )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), e.g. 0.1; got {self.eval_fraction}.")
         for name in ("eval_generate_limit", "eval_generate_max_new_tokens", "early_stopping_patience"):

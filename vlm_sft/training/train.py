@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from accelerate import PartialState
-from transformers import AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers import AutoConfig, AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from vlm_sft.collator import SampleTooLongError, VisionSFTCollator
@@ -22,7 +22,9 @@ from vlm_sft.hub.model_card import write_training_card
 from vlm_sft.logs import setup_logging
 from vlm_sft.modeling.parameters import adapter_size_mb, format_table, trainable_parameters, write_report
 from vlm_sft.modeling.precision import align_trainable_dtype, check_precision
+from vlm_sft.modeling.resolution import ImageSettings, ResolutionError, configure_processor
 from vlm_sft.modeling.setup import LoraTargetError, apply_lora, keep_frozen_vision_tower_out_of_backward, load_model
+from vlm_sft.quickstart.workbench import ensure_workbench_images
 from vlm_sft.training.checkpoints import (
     CheckpointError,
     CheckpointManifestCallback,
@@ -191,13 +193,23 @@ def _setup_data(script_args: ScriptArguments, training_args: SFTConfig, model_ar
     """Validated splits, the processor and the collator; the too_long policy applied to whole splits."""
     if script_args.dataset_name and not vision.train_file:
         vision.train_file = script_args.dataset_name  # a Hub dataset id or a save_to_disk folder
-    train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
     check_model_available(model_args.model_name_or_path, model_args.model_revision)  # seconds, not minutes
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    # Resolution keys go into the processor once; it is saved to output_dir, so eval/infer/merge see the same images.
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    configure_processor(processor, config, ImageSettings.from_args(vision))  # a key the family lacks: refused here
+    if PartialState().is_main_process:  # a fresh clone has no drawings yet; one process draws them
+        ensure_workbench_images(vision.train_file, vision.eval_file)
+    PartialState().wait_for_everyone()
+    train_ds, eval_ds = load_splits(vision, seed=training_args.seed)
     pad_multiple = training_args.pad_to_multiple_of  # TRL's "auto" pads only on Neuron devices
     collator = VisionSFTCollator(
         processor,
@@ -395,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(training_args)  # INFO on the main process, WARNING on the others
     try:
         train(script_args, training_args, model_args, vision)
+    except ResolutionError as err:  # a resolution key the family does not take: the recipe is wrong
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (DataError, SampleTooLongError, OutputDirError, CheckpointError, EngineError, ModelUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
