@@ -45,8 +45,9 @@ __all__ = [
 MARK = "{#- vlm-sft training template:"
 _NOTE = re.compile(r"\{#- vlm-sft training template: (.*?) -#\}", re.S)
 
-# llava-hf/llava-1.5-*-hf's template, which renders every image of a message before its text.
-_LLAVA_15_IMAGES_FIRST = (
+# llava-hf/llava-1.5-*-hf's template (as pinned in transformers' tests/models/llava/test_processing_llava.py, without
+# generation markers), which renders every image of a message before its text and no end-of-turn after a reply.
+LLAVA_15_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}"
     "{{ message['role'].upper() + ': '}}{% endif %}"
     "{# Render all images first #}"
@@ -73,7 +74,7 @@ _LLAVA_15_IN_ORDER = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 # Templates that reorder images, by their text without whitespace, and their in-order equivalents.
-_IN_ORDER = {"".join(_LLAVA_15_IMAGES_FIRST.split()): _LLAVA_15_IN_ORDER}
+_IN_ORDER = {"".join(LLAVA_15_CHAT_TEMPLATE.split()): _LLAVA_15_IN_ORDER}
 
 # Put before a template: every assistant reply's last text gets `eos` (a string reply, or its last text part).
 _EOS_PRELUDE = """{%- set vlm_sft = namespace(messages=[]) -%}

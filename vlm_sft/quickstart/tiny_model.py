@@ -12,25 +12,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-# The chat template of llava-hf/llava-1.5-7b-hf (as pinned in transformers'
-# tests/models/llava/test_processing_llava.py, without generation markers). It renders no
-# end-of-turn token after a reply: the training template (vlm_sft.rendering) renders the eos there.
-LLAVA_15_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}"
-    "{{ message['role'].upper() + ': '}}{% endif %}"
-    "{# Render all images first #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{# Render all text next #}"
-    "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}"
-    "{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
+from vlm_sft.rendering import LLAVA_15_CHAT_TEMPLATE
+
+# The tiny model gets llava-1.5's real chat template (vlm_sft.rendering holds it, with the training variant).
 
 # Text the byte-level BPE is trained on: enough English for conversations about images.
 _CORPUS = """
