@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "huggingface_hub", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from vlm_sft.hub.adapters import MergeCheckError
     from vlm_sft.hub.export import export_adapter
+    from vlm_sft.hub.serving import MergeCheckError
 
     check, code = check_from_args(args)
     if code:

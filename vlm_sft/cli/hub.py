@@ -290,7 +290,8 @@ def push(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    from vlm_sft.hub.adapters import MergeCheckError, merge_adapter
+    from vlm_sft.hub.adapters import merge_adapter
+    from vlm_sft.hub.serving import MergeCheckError
 
     check, code = check_from_args(args)
     if code:

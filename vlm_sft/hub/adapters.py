@@ -30,7 +30,7 @@ from vlm_sft.hub.model_card import (
     is_hub_id,
     resolve_base_model,
 )
-from vlm_sft.hub.serving import MERGE_CHECK_FILE, check_paragraph
+from vlm_sft.hub.serving import MERGE_CHECK_FILE, check_paragraph, refuse_failed_check
 
 logger = logging.getLogger(__name__)
 
@@ -358,10 +358,6 @@ def trained_dtype(adapter_dir: Path) -> str | None:
     return (summary.get("training_precision") or {}).get("dtype")
 
 
-class MergeCheckError(RuntimeError):
-    """The merged model does not answer like the adapter on its base."""
-
-
 def merge_adapter(
     adapter: str | Path,
     out_dir: str | Path,
@@ -419,15 +415,7 @@ def merge_adapter(
         if result is not None:
             card.content = card.content.rstrip("\n") + "\n\n" + check_paragraph(result)
         card.save(partial / "README.md")
-        if result is not None and not result["passed"]:
-            failed = out.parent / f"{out.name}.failed-check-{uuid.uuid4().hex[:8]}"
-            os.replace(partial, failed)
-            raise MergeCheckError(
-                f"the merged model answers {result['differ']} of {result['n']} check questions differently from "
-                f"the adapter on its base (first-token logits differ by up to {result['max_abs_logit_diff']:.4g}). "
-                f"Nothing was written to {out}; the failed merge is in {failed} (see {MERGE_CHECK_FILE}); the "
-                f"adapter {adapter} is untouched."
-            )
+        refuse_failed_check(result, partial, out, adapter, what="merge", check_file=MERGE_CHECK_FILE)
         if out.exists():
             out.rmdir()  # empty (checked above); fails, keeping both, if something was written there meanwhile
         os.replace(partial, out)

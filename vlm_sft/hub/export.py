@@ -26,13 +26,12 @@ from typing import Any
 
 from vlm_sft.hub.adapters import (
     MERGE_DTYPES,
-    MergeCheckError,
     attach_adapter,
     base_of,
     load_base_model,
     resolve_adapter,
 )
-from vlm_sft.hub.serving import EXPORT_CHECK_FILE
+from vlm_sft.hub.serving import EXPORT_CHECK_FILE, refuse_failed_check
 from vlm_sft.modeling.setup import components_for
 
 logger = logging.getLogger(__name__)
@@ -137,14 +136,7 @@ def export_adapter(
             result = check.compare(_load_export(partial, dtype), processor, dtype)
             (partial / EXPORT_CHECK_FILE).write_text(json.dumps(result, indent=2) + "\n")
         (partial / "README.md").write_text(export_readme(out, adapter, result))
-        if result is not None and not result["passed"]:
-            failed = out.parent / f"{out.name}.failed-check-{uuid.uuid4().hex[:8]}"
-            os.replace(partial, failed)
-            raise MergeCheckError(
-                f"the export answers {result['differ']} of {result['n']} check questions differently from the "
-                f"adapter on its base. Nothing was written to {out}; the failed export is in {failed} (see "
-                f"{EXPORT_CHECK_FILE}); the adapter {adapter} is untouched."
-            )
+        refuse_failed_check(result, partial, out, adapter, what="export", check_file=EXPORT_CHECK_FILE)
         if out.exists():
             out.rmdir()
         os.replace(partial, out)

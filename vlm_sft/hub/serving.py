@@ -6,6 +6,9 @@ docs/serving.md has the commands in full.
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 MERGE_CHECK_FILE = "merge_check.json"
@@ -60,4 +63,24 @@ def check_paragraph(check: dict, what: str = "merge") -> str:
         f"{check.get('decoding', 'greedy decoding')}, next to the adapter on its base in {check['dtype']}: "
         f"{check['identical']} of {check['n']} answers identical{tie_text}, {check['differ']} different; largest "
         f"first-token logit difference {check['max_abs_logit_diff']:.4g}.\n"
+    )
+
+
+class MergeCheckError(RuntimeError):
+    """The merged model does not answer like the adapter on its base."""
+
+
+def refuse_failed_check(
+    result: dict | None, partial: Path, out: Path, adapter: Any, *, what: str, check_file: str
+) -> None:
+    """A failed check (merge or export): the attempt goes to `<out>.failed-check-*` for inspection, nothing to `out`,
+    and `MergeCheckError` says how many answers differ. A passed check (or none) does nothing."""
+    if result is None or result["passed"]:
+        return
+    failed = out.parent / f"{out.name}.failed-check-{uuid.uuid4().hex[:8]}"
+    os.replace(partial, failed)
+    raise MergeCheckError(
+        f"the {what} answers {result['differ']} of {result['n']} check questions differently from the adapter on its "
+        f"base (first-token logits differ by up to {result['max_abs_logit_diff']:.4g}). Nothing was written to {out}; "
+        f"the failed {what} is in {failed} (see {check_file}); the adapter {adapter} is untouched."
     )
